@@ -1,0 +1,1 @@
+"""The cache between the Hub routes and storage: revisions, metadata, file entries, blobs, fills."""

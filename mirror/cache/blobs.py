@@ -1,0 +1,48 @@
+"""Blob lookup for serving: a cache hit reads the store, a miss joins (or starts) the fill.
+
+Both produce the same BlobBody, so the response code path is the same for hits and misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.cache.entries import FileEntry
+from mirror.cache.fill import Filler
+from mirror.errors import IntegrityError
+from mirror.storage import Storage
+
+
+@dataclass
+class BlobBody:
+    source: str  # "cache" | "fill"
+    path: Path | None = None  # a local file to sendfile from
+    chunks: AsyncIterator[bytes] | None = None
+
+
+class Blobs:
+    def __init__(self, storage: Storage, filler: Filler) -> None:
+        self.storage = storage
+        self.filler = filler
+
+    async def is_cached(self, entry: FileEntry) -> bool:
+        return await self.storage.stat(entry.blob_key) is not None
+
+    async def open(self, entry: FileEntry, token: str | None, start: int, end: int) -> BlobBody:
+        """The bytes [start, end) of the entry's blob, from the cache or from a fill."""
+        if await self.storage.stat(entry.blob_key) is not None:
+            path = self.storage.local_path(entry.blob_key)
+            if path is not None:
+                return BlobBody(source="cache", path=path)
+            return BlobBody(source="cache", chunks=self.storage.read_range(entry.blob_key, start, end))
+        if start > 0 and self.filler.recently_failed_verification(entry.blob_key):
+            raise IntegrityError(
+                f"the last upstream copy of {entry.path} failed verification; refusing to resume a partial "
+                "download of it. Start the download again from the beginning."
+            )
+        fill = self.filler.join(entry, token)
+        # Early failures (upstream down, access revoked) become a proper error status, not a cut body.
+        await fill.wait_readable(start)
+        return BlobBody(source="fill", chunks=fill.stream(start, end))

@@ -1,0 +1,86 @@
+"""The map (repo, commit, path) -> blob: which content a file at a commit is, and how big.
+
+Filled from the upstream's resolve HEAD, which names the content hash (git blob sha1 or LFS
+sha256) and size. Commits are immutable, so entries, and "no such file" answers, are kept for good.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from mirror.cache import keys
+from mirror.cache.records import Records
+from mirror.cache.singleflight import SingleFlight
+from mirror.errors import EntryNotFound
+from mirror.repo import RepoRef
+from mirror.tokens import fingerprint
+from mirror.upstream import Upstream
+
+MEMORY_ENTRIES = 50_000
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    repo: RepoRef
+    commit: str
+    path: str
+    etag: str  # sha256 (LFS) or git blob sha1
+    size: int
+
+    @property
+    def is_lfs(self) -> bool:
+        return len(self.etag) == 64
+
+    @property
+    def blob_key(self) -> str:
+        return keys.blob_key(self.etag)
+
+
+def missing_entry(path: str, commit: str) -> EntryNotFound:
+    return EntryNotFound(f"Entry not found: {path} does not exist at commit {commit}", commit=commit)
+
+
+class Entries:
+    def __init__(self, upstream: Upstream, records: Records) -> None:
+        self.upstream = upstream
+        self.records = records
+        self._flight: SingleFlight[FileEntry] = SingleFlight()
+        # A small in-memory front so hot files cost no storage read per request.
+        self._memory: OrderedDict[tuple[RepoRef, str, str], FileEntry | None] = OrderedDict()
+
+    async def get(self, repo: RepoRef, commit: str, path: str, token: str | None) -> FileEntry:
+        mem_key = (repo, commit, path)
+        if mem_key in self._memory:
+            self._memory.move_to_end(mem_key)
+            entry = self._memory[mem_key]
+            if entry is None:
+                raise missing_entry(path, commit)
+            return entry
+        record = await self.records.get(keys.entry_key(repo, commit, path))
+        if record is not None:
+            entry = None if record.get("missing") else FileEntry(repo, commit, path, record["etag"], record["size"])
+            self._remember(mem_key, entry)
+            if entry is None:
+                raise missing_entry(path, commit)
+            return entry
+        flight_key = (repo, commit, path, fingerprint(token))
+        return await self._flight.do(flight_key, lambda: self._fetch(repo, commit, path, token))
+
+    async def _fetch(self, repo: RepoRef, commit: str, path: str, token: str | None) -> FileEntry:
+        key = keys.entry_key(repo, commit, path)
+        try:
+            meta = await self.upstream.file_meta(repo, commit, path, token)
+        except EntryNotFound:
+            await self.records.put(key, {"path": path, "missing": True})
+            self._remember((repo, commit, path), None)
+            raise missing_entry(path, commit) from None
+        entry = FileEntry(repo, commit, path, meta.etag, meta.size)
+        await self.records.put(key, {"path": path, "etag": meta.etag, "size": meta.size})
+        self._remember((repo, commit, path), entry)
+        return entry
+
+    def _remember(self, key: tuple[RepoRef, str, str], entry: FileEntry | None) -> None:
+        self._memory[key] = entry
+        if len(self._memory) > MEMORY_ENTRIES:
+            self._memory.popitem(last=False)

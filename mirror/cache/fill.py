@@ -1,0 +1,236 @@
+"""Filling a blob from upstream while streaming it to every client that wants it.
+
+One Fill per blob key, however many clients ask at once (single-flight). The fill writes through a
+storage BlobWriter (nothing is buffered in memory beyond one chunk), hashes while it streams,
+resumes with Range when the upstream connection drops, and publishes only if the hash and size
+match. Followers read what has been written so far through the writer; the last byte is held back
+until the blob is verified, so no client can complete a download of bytes that failed the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from mirror.cache.entries import FileEntry
+from mirror.config import CacheConfig, UpstreamConfig
+from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
+from mirror.storage import BlobWriter, Storage
+from mirror.upstream import RetryableBodyError, Upstream
+
+log = logging.getLogger(__name__)
+
+
+def content_hasher(entry: FileEntry) -> Any:
+    if entry.is_lfs:
+        return hashlib.sha256()
+    hasher = hashlib.sha1()
+    hasher.update(b"blob %d\0" % entry.size)
+    return hasher
+
+
+class Fill:
+    def __init__(
+        self,
+        entry: FileEntry,
+        token: str | None,
+        storage: Storage,
+        upstream: Upstream,
+        chunk_size: int,
+        resume_attempts: int,
+    ) -> None:
+        self.entry = entry
+        self.token = token
+        self.storage = storage
+        self.upstream = upstream
+        self.chunk_size = chunk_size
+        self.resume_attempts = resume_attempts
+        self.written = 0
+        self.upstream_bytes = 0
+        self.resumes = 0
+        self.verified = False
+        self.error: HubError | None = None
+        self.writer: BlobWriter | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.verified or self.error is not None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            if await self.storage.stat(self.entry.blob_key) is not None:
+                # Another fill published it between the caller's lookup and now.
+                self.written = self.entry.size
+            else:
+                self.writer = await self.storage.open_writer(self.entry.blob_key)
+                await self._download(self.writer)
+                await self.writer.commit()
+            self.verified = True
+        except asyncio.CancelledError:
+            self.error = StorageError("fill cancelled: the mirror is shutting down")
+            raise
+        except HubError as exc:
+            self.error = exc
+        except Exception as exc:  # storage or programming errors must still end the followers
+            log.exception("fill of %s failed", self.entry.blob_key)
+            self.error = StorageError(f"fill failed: {type(exc).__name__}")
+        finally:
+            if not self.verified and self.writer is not None:
+                await self.writer.abort()
+            self._notify()
+
+    async def _download(self, writer: BlobWriter) -> None:
+        entry = self.entry
+        hasher = content_hasher(entry)
+        offset = 0
+        failures = 0
+        while offset < entry.size:
+            try:
+                resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, offset)
+                async with resp:
+                    skip = offset if resp.status == 200 else 0
+                    async for chunk in resp.content.iter_chunked(self.chunk_size):
+                        self.upstream_bytes += len(chunk)
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                            if not chunk:
+                                continue
+                        if offset + len(chunk) > entry.size:
+                            raise IntegrityError(f"upstream sent more than the {entry.size} bytes of {entry.path}")
+                        hasher.update(chunk)
+                        await writer.write(chunk)
+                        offset += len(chunk)
+                        self.written = offset
+                        failures = 0
+                        self._notify()
+                if offset < entry.size:
+                    raise RetryableBodyError("upstream body ended early")
+            except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                failures += 1
+                if failures > self.resume_attempts:
+                    raise UpstreamUnavailable(
+                        f"upstream transfer of {entry.path} failed {failures} times in a row: {exc}"
+                    ) from exc
+                self.resumes += 1
+                log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+        digest = hasher.hexdigest()
+        if digest != entry.etag:
+            raise IntegrityError(
+                f"upstream bytes of {entry.repo.repo_id}/{entry.path} hash to {digest}, expected {entry.etag};"
+                " discarded"
+            )
+
+    def _readable(self) -> int:
+        if self.verified:
+            return self.entry.size
+        return max(0, min(self.written, self.entry.size - 1))
+
+    async def wait_readable(self, start: int) -> None:
+        """Wait until a byte at `start` can be served, or the fill has ended."""
+        while not self.done and self._readable() <= start:
+            await self._changed.wait()
+        if self.error is not None and not self.verified:
+            raise self.error
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) as they become available and safe to send."""
+        pos = start
+        while pos < end:
+            if self.verified:
+                async for chunk in self.storage.read_range(self.entry.blob_key, pos, end):
+                    yield chunk
+                return
+            if self.error is not None:
+                raise self.error
+            limit = self._readable()
+            if pos < limit and self.writer is not None:
+                changed = self._changed
+                try:
+                    data = await self.writer.read_written(pos, min(self.chunk_size, limit - pos, end - pos))
+                except StorageError:
+                    if self.done:
+                        continue  # the writer closed because the fill ended; look again
+                    raise
+                if not data:
+                    await changed.wait()
+                    continue
+                pos += len(data)
+                yield data
+            else:
+                await self._changed.wait()
+
+
+class Filler:
+    """Starts and tracks fills; at most one per blob key."""
+
+    def __init__(self, storage: Storage, upstream: Upstream, cache: CacheConfig, upstream_cfg: UpstreamConfig):
+        self.storage = storage
+        self.upstream = upstream
+        self.cache = cache
+        self.upstream_cfg = upstream_cfg
+        self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._poisoned: dict[str, float] = {}
+        self.started = 0
+        self.coalesced = 0
+
+    def join(self, entry: FileEntry, token: str | None) -> Fill:
+        fill = self._fills.get(entry.blob_key)
+        if fill is not None:
+            self.coalesced += 1
+            return fill
+        fill = Fill(
+            entry,
+            token,
+            self.storage,
+            self.upstream,
+            self.cache.chunk_size,
+            self.upstream_cfg.resume_attempts,
+        )
+        self._fills[entry.blob_key] = fill
+        self.started += 1
+        task = asyncio.create_task(self._run(fill), name=f"fill:{entry.blob_key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def _run(self, fill: Fill) -> None:
+        try:
+            await fill.run()
+        finally:
+            key = fill.entry.blob_key
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+            if isinstance(fill.error, IntegrityError):
+                self._poisoned[key] = time.monotonic()
+
+    def recently_failed_verification(self, blob_key: str) -> bool:
+        at = self._poisoned.get(blob_key)
+        if at is None:
+            return False
+        if time.monotonic() - at > self.cache.poisoned_resume_window:
+            del self._poisoned[blob_key]
+            return False
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._fills)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

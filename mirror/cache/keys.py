@@ -1,0 +1,45 @@
+"""Where each kind of cached thing lives in storage.
+
+Blobs are content-addressed (sha256 for LFS files, git blob sha1 for the rest), so the same bytes
+under another repo or commit are stored once. Everything else is small JSON under repos/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from mirror.repo import RepoRef
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def blob_key(etag: str) -> str:
+    algo = "sha256" if len(etag) == 64 else "sha1"
+    return f"blobs/{algo}/{etag[:2]}/{etag}"
+
+
+def entry_key(repo: RepoRef, commit: str, path: str) -> str:
+    # Hashed names: a file "a.json" and a folder "a.json/" must not collide, and paths stay short.
+    digest = _digest(path)
+    return f"repos/{repo.storage_prefix}/entries/{commit}/{digest[:2]}/{digest}.json"
+
+
+def ref_key(repo: RepoRef, revision: str) -> str:
+    """Last known commit of a branch or tag ("" = the default branch)."""
+    return f"repos/{repo.storage_prefix}/refs/{_digest(revision)}.json"
+
+
+def api_key(repo: RepoRef, commit: str, kind: str, query: str) -> str:
+    """An API answer that is fixed once the commit is (info, tree, paths-info, commits)."""
+    return f"repos/{repo.storage_prefix}/api/{commit}/{kind}-{_digest(query)}.json"
+
+
+def latest_key(repo: RepoRef, kind: str, query: str) -> str:
+    """The last upstream answer of a mutable listing (refs), kept for when upstream is down."""
+    return f"repos/{repo.storage_prefix}/latest/{kind}-{_digest(query)}.json"
+
+
+def visibility_key(repo: RepoRef) -> str:
+    return f"repos/{repo.storage_prefix}/visibility.json"

@@ -1,0 +1,126 @@
+"""Revision resolution and repo info.
+
+Branches and tags map to commits through the upstream, trusted for a short TTL; the last answer is
+kept in storage so that cached repos keep working (at their last known commit) while upstream is
+down. Info for a commit is immutable and cached for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from mirror.cache import keys
+from mirror.cache.records import Records
+from mirror.cache.singleflight import SingleFlight
+from mirror.errors import UpstreamError, UpstreamUnavailable
+from mirror.repo import RepoRef, is_commit
+from mirror.tokens import fingerprint
+from mirror.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+InfoObserver = Callable[[RepoRef, dict[str, Any]], Awaitable[None]]
+
+
+class Revisions:
+    def __init__(
+        self,
+        upstream: Upstream,
+        records: Records,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstream = upstream
+        self.records = records
+        self.ttl = ttl
+        self.clock = clock
+        self._fresh: dict[tuple[RepoRef, str], tuple[str, float]] = {}
+        self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
+        self.observers: list[InfoObserver] = []
+
+    async def resolve(self, repo: RepoRef, revision: str | None, token: str | None) -> str:
+        """The commit a revision names now (or, upstream down, last time we asked)."""
+        if revision and is_commit(revision):
+            return revision
+        fresh = self._fresh_commit(repo, revision)
+        if fresh:
+            return fresh
+        try:
+            info = await self._fetch(repo, revision, "", token)
+        except UpstreamUnavailable:
+            known = await self._last_known(repo, revision)
+            if known is None:
+                raise
+            return known
+        return info["sha"]
+
+    async def info(self, repo: RepoRef, revision: str | None, query: str, token: str | None) -> dict[str, Any]:
+        """Repo info JSON at a revision; `query` is the canonical query string."""
+        if revision and is_commit(revision):
+            cached = await self.records.get(keys.api_key(repo, revision, "info", query))
+            return cached if cached is not None else await self._fetch(repo, revision, query, token)
+        commit = self._fresh_commit(repo, revision)
+        if commit:
+            cached = await self.records.get(keys.api_key(repo, commit, "info", query))
+            if cached is not None:
+                return cached
+        try:
+            return await self._fetch(repo, revision, query, token)
+        except UpstreamUnavailable:
+            commit = await self._last_known(repo, revision)
+            if commit is None:
+                raise
+            for q in (query, ""):
+                cached = await self.records.get(keys.api_key(repo, commit, "info", q))
+                if cached is not None:
+                    return cached
+            raise
+
+    def _fresh_commit(self, repo: RepoRef, revision: str | None) -> str | None:
+        hit = self._fresh.get((repo, revision or ""))
+        if hit and hit[1] > self.clock():
+            return hit[0]
+        return None
+
+    async def _last_known(self, repo: RepoRef, revision: str | None) -> str | None:
+        record = await self.records.get(keys.ref_key(repo, revision or ""))
+        if record is None:
+            return None
+        log.warning(
+            "upstream unavailable; serving %s@%s at last known commit %s",
+            repo,
+            revision or "default",
+            record["commit"],
+        )
+        return str(record["commit"])
+
+    async def remember(self, repo: RepoRef, revision: str, commit: str) -> None:
+        self._fresh[(repo, revision)] = (commit, self.clock() + self.ttl)
+        await self.records.put(
+            keys.ref_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
+        )
+
+    async def _fetch(self, repo: RepoRef, revision: str | None, query: str, token: str | None) -> dict[str, Any]:
+        flight_key = (repo, revision, query, fingerprint(token))
+        return await self._flight.do(flight_key, lambda: self._fetch_now(repo, revision, query, token))
+
+    async def _fetch_now(self, repo: RepoRef, revision: str | None, query: str, token: str | None) -> dict[str, Any]:
+        path = repo.api_path
+        if revision:
+            path += f"/revision/{quote(revision, safe='')}"
+        if query:
+            path += f"?{query}"
+        data, _ = await self.upstream.api_json(path, token)
+        sha = data.get("sha") if isinstance(data, dict) else None
+        if not isinstance(sha, str) or not is_commit(sha):
+            raise UpstreamError(f"upstream repo info for {repo} has no commit sha", status=502)
+        await self.records.put(keys.api_key(repo, sha, "info", query), data)
+        if not (revision and is_commit(revision)):
+            await self.remember(repo, revision or "", sha)
+        for observe in self.observers:
+            await observe(repo, data)
+        return data

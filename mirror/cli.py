@@ -1,0 +1,73 @@
+"""Command line: `hub-mirror serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from mirror import __version__
+from mirror.app import create_app
+from mirror.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub-mirror", description="Hugging Face Hub mirror proxy")
+    parser.add_argument("--version", action="version", version=f"hub-mirror {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the mirror server")
+    serve.add_argument("--config", help="YAML config file (see config/mirror.example.yaml)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8090)")
+    serve.add_argument("--upstream", help="upstream Hub URL (default https://huggingface.co)")
+    serve.add_argument("--cache-dir", help="cache directory (default ./hub-mirror-cache)")
+    serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides = {
+        "server": {"host": args.host, "port": args.port},
+        "upstream": {"url": args.upstream},
+        "cache": {"dir": args.cache_dir},
+        "log": {"format": args.log_format, "level": args.log_level},
+    }
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"hub-mirror: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log.level)
+    logging.getLogger(__name__).info(
+        "hub-mirror %s on http://%s:%d, upstream %s, cache %s",
+        __version__,
+        config.server.host,
+        config.server.port,
+        config.upstream.url,
+        config.cache_dir.resolve(),
+    )
+    try:
+        web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+    except OSError as exc:
+        print(f"hub-mirror: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2

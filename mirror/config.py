@@ -1,0 +1,206 @@
+"""Typed configuration: built-in defaults < YAML file < HUB_MIRROR_* environment < command-line flags.
+
+Loaded and validated once at start; nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "HUB_MIRROR_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    # Absolute URL clients use to reach the mirror (behind a load balancer). Empty: taken from each
+    # request's Host header. Used where the mirror must write its own address (pagination Link).
+    public_url: str = ""
+
+
+@dataclass
+class UpstreamConfig:
+    url: str = "https://huggingface.co"
+    connect_timeout: float = 10.0
+    # Longest silence tolerated on an upstream body before the fill resumes with Range.
+    read_timeout: float = 30.0
+    max_connections: int = 64
+    # Attempts to resume a broken upstream body without any progress in between.
+    resume_attempts: int = 5
+    # Token used for upstream calls that no client token accompanies (scheduled work). Optional.
+    token: str = ""
+
+
+@dataclass
+class CacheConfig:
+    dir: str = "./hub-mirror-cache"
+    # How long a branch/tag -> commit answer is trusted before asking upstream again.
+    revision_ttl: float = 60.0
+    # How long an access decision (token, gated/private repo) is trusted.
+    access_ttl: float = 300.0
+    # Mutable listings (refs) are re-fetched after this many seconds.
+    refs_ttl: float = 60.0
+    chunk_size: int = 1024 * 1024
+    # After a blob fails verification, Range resumes of it are refused for this long, so a client
+    # holding a prefix of the bad bytes cannot stitch it to good ones.
+    poisoned_resume_window: float = 120.0
+
+
+@dataclass
+class StorageConfig:
+    backend: str = "local"
+
+
+@dataclass
+class HubConfig:
+    # Remove every xet signal so clients download through the mirror over plain HTTP.
+    strip_xet: bool = True
+
+
+@dataclass
+class LogConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> Config:
+        if not 0 < self.server.port < 65536:
+            raise ConfigError(f"server.port must be 1..65535, got {self.server.port}")
+        _check_url("upstream.url", self.upstream.url)
+        if self.server.public_url:
+            _check_url("server.public_url", self.server.public_url)
+        for name in ("revision_ttl", "access_ttl", "refs_ttl", "poisoned_resume_window"):
+            if getattr(self.cache, name) < 0:
+                raise ConfigError(f"cache.{name} must be >= 0")
+        if self.cache.chunk_size < 4096:
+            raise ConfigError("cache.chunk_size must be at least 4096 bytes")
+        if self.upstream.resume_attempts < 0 or self.upstream.max_connections < 1:
+            raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
+        if self.storage.backend not in ("local",):
+            raise ConfigError(f"storage.backend must be 'local', got {self.storage.backend!r}")
+        if self.log.format not in ("text", "json"):
+            raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
+        self.upstream.url = self.upstream.url.rstrip("/")
+        self.server.public_url = self.server.public_url.rstrip("/")
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache.dir)
+
+
+def _check_url(key: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key} must be an http(s) URL, got {value!r}")
+
+
+def _coerce(key: str, raw: Any, typ: Any) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot read {raw!r} as {typ.__name__}") from None
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _apply(config: Config, values: Mapping[str, Mapping[str, Any]], origin: str) -> None:
+    sections = _section_types(Config)
+    for section_name, section_values in values.items():
+        if section_name not in sections:
+            raise ConfigError(f"{origin}: unknown section {section_name!r}")
+        if not isinstance(section_values, Mapping):
+            raise ConfigError(f"{origin}: section {section_name!r} must be a mapping")
+        section = getattr(config, section_name)
+        types_ = _section_types(type(section))
+        for key, raw in section_values.items():
+            if key not in types_:
+                raise ConfigError(f"{origin}: unknown key {section_name}.{key}")
+            typ = types_[key]
+            if isinstance(typ, types.UnionType):
+                typ = next(t for t in typing.get_args(typ) if t is not type(None))
+            setattr(section, key, _coerce(f"{section_name}.{key}", raw, typ))
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """HUB_MIRROR_<SECTION>_<KEY>=value, e.g. HUB_MIRROR_UPSTREAM_URL."""
+    out: dict[str, dict[str, str]] = {}
+    sections = _section_types(Config)
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in sections:
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                break
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    config = Config()
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _apply(config, data, str(path))
+    env = _env_values(os.environ if environ is None else environ)
+    try:
+        _apply(config, env, "environment")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (from {ENV_PREFIX}* variables)") from None
+    if overrides:
+        cleaned = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
+        _apply(config, cleaned, "flags")
+    return config.validate()

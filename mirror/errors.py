@@ -1,0 +1,91 @@
+"""Typed errors. Each carries what the Hub would answer; hub/errors.py turns them into responses.
+
+The HF client classifies by `X-Error-Code` first (RepoNotFound, RevisionNotFound, EntryNotFound,
+GatedRepo) and shows `X-Error-Message` to the user, so every error here has both.
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    status: int = 500
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class BadRequest(HubError):
+    status = 400
+
+
+class RangeNotSatisfiable(HubError):
+    status = 416
+
+
+class RepoNotFound(HubError):
+    status = 404
+    code = "RepoNotFound"
+
+
+class RevisionNotFound(HubError):
+    status = 404
+    code = "RevisionNotFound"
+
+
+class EntryNotFound(HubError):
+    status = 404
+    code = "EntryNotFound"
+
+    def __init__(self, message: str, *, commit: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        if commit:
+            # Lets the client record .no_exist/<commit>/<file> and stop re-asking.
+            self.headers["X-Repo-Commit"] = commit
+
+
+class GatedRepo(HubError):
+    status = 401
+    code = "GatedRepo"
+
+
+class NotFound(HubError):
+    status = 404
+
+
+class UpstreamUnavailable(HubError):
+    """Upstream unreachable, timed out or answering 5xx, and nothing cached can answer.
+
+    A 5xx (never 401/404) makes HF clients fall back to their own caches.
+    """
+
+    status = 502
+
+
+class UpstreamError(HubError):
+    """An upstream answer the mirror passes on as it is (status and error code)."""
+
+
+class IntegrityError(HubError):
+    """Upstream bytes did not match the expected hash or size; nothing was published."""
+
+    status = 502
+
+
+class StorageError(HubError):
+    """The cache store failed; the request cannot be answered from or into it."""
+
+    status = 503

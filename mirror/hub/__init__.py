@@ -1,0 +1,1 @@
+"""The Hub wire protocol: routes for resolve and api, response headers, error mapping."""

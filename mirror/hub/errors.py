@@ -1,0 +1,49 @@
+"""The one place where errors become Hub-compatible responses.
+
+Status, `X-Error-Code` and `X-Error-Message` follow the Hub, since the HF client picks its exception
+(RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, GatedRepoError) from them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from mirror.errors import HubError
+
+log = logging.getLogger(__name__)
+
+
+def _header_safe(text: str) -> str:
+    cleaned = "".join(c if 32 <= ord(c) < 127 else " " for c in text)
+    return cleaned[:1000]
+
+
+def error_response(error: HubError) -> web.Response:
+    headers = dict(error.headers)
+    headers["X-Error-Message"] = _header_safe(error.message)
+    if error.code:
+        headers["X-Error-Code"] = error.code
+    body = json.dumps({"error": error.message})
+    return web.Response(status=error.status, text=body, content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HubError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+        return error_response(exc)
+    except web.HTTPException:
+        raise
+    except (ConnectionResetError, OSError) as exc:
+        # The client went away while we were answering: nothing to send.
+        log.debug("client connection lost: %s", exc)
+        raise
+    except Exception:
+        log.exception("unhandled error for %s %s", request.method, request.path)
+        return error_response(HubError("internal error in the mirror", status=500))

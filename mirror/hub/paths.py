@@ -1,0 +1,122 @@
+"""Parse the raw request path into what the Hub routes mean.
+
+Routing is done on the raw (still percent-encoded) path: revisions arrive as `refs%2Fpr%2F1` and
+tree sub-paths as `sub%2Fdir`, and decoding before splitting would change the meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from mirror.errors import BadRequest, NotFound
+from mirror.repo import (
+    API_TYPES,
+    RepoRef,
+    validate_file_path,
+    validate_repo_id,
+    validate_revision,
+)
+
+RESOLVE_PREFIXES = {"datasets": "dataset", "spaces": "space", "models": "model"}
+# Operations under /api/{type}/{repo}/...; those marked True take a revision next.
+API_OPS = {
+    "revision": True,
+    "tree": True,
+    "paths-info": True,
+    "commits": True,
+    "xet-read-token": True,
+    "refs": False,
+    "auth-check": False,
+}
+MAX_RAW_PATH = 4096
+
+
+@dataclass(frozen=True)
+class ResolveTarget:
+    repo: RepoRef
+    revision: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    repo: RepoRef
+    op: str  # "info" or one of API_OPS
+    revision: str | None
+    path: str  # tree sub-path ("" for the root)
+
+
+def _segments(raw_path: str) -> list[str]:
+    if len(raw_path) > MAX_RAW_PATH:
+        raise BadRequest(f"request path longer than {MAX_RAW_PATH} characters")
+    if "?" in raw_path:
+        raw_path = raw_path.split("?", 1)[0]
+    return raw_path.strip("/").split("/")
+
+
+def _decode(segment: str) -> str:
+    try:
+        text = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("request path is not valid UTF-8 after percent-decoding") from None
+    if "\x00" in text:
+        raise BadRequest("NUL byte in request path")
+    return text
+
+
+def _take_revision(segs: list[str]) -> tuple[str, list[str]]:
+    """A revision from the front of segs: one encoded segment, or an unencoded refs/pr/N."""
+    if not segs:
+        raise NotFound("missing revision")
+    if segs[0] == "refs" and len(segs) >= 3 and segs[1] in ("pr", "convert", "heads", "tags"):
+        return validate_revision("/".join(_decode(s) for s in segs[:3])), segs[3:]
+    return validate_revision(_decode(segs[0])), segs[1:]
+
+
+def parse_resolve(raw_path: str) -> ResolveTarget | None:
+    """`/[datasets/|spaces/]{repo}/resolve/{rev}/{path}`; None when the path is not a resolve URL."""
+    segs = _segments(raw_path)
+    repo_type = "model"
+    if segs and segs[0] in RESOLVE_PREFIXES and len(segs) >= 4:
+        repo_type = RESOLVE_PREFIXES[segs[0]]
+        segs = segs[1:]
+    if len(segs) >= 5 and segs[2] == "resolve":
+        repo_id, rest = f"{segs[0]}/{segs[1]}", segs[3:]
+    elif len(segs) >= 4 and segs[1] == "resolve":
+        repo_id, rest = segs[0], segs[2:]
+    else:
+        return None
+    repo = RepoRef(repo_type, validate_repo_id(_decode(repo_id)))
+    revision, rest = _take_revision(rest)
+    path = validate_file_path("/".join(_decode(s) for s in rest))
+    return ResolveTarget(repo, revision, path)
+
+
+def parse_api(raw_path: str) -> ApiTarget | None:
+    """`/api/{models|datasets|spaces}/{repo}[/{op}[/{rev}[/{path}]]]`; None if not a repo API path."""
+    segs = _segments(raw_path)
+    if len(segs) < 3 or segs[0] != "api" or segs[1] not in API_TYPES:
+        return None
+    repo_type = API_TYPES[segs[1]]
+    rest = segs[2:]
+    if len(rest) >= 3 and rest[2] in API_OPS:
+        repo_id, op, args = "/".join(rest[:2]), rest[2], rest[3:]
+    elif len(rest) >= 2 and rest[1] in API_OPS and (len(rest) > 2 or not API_OPS[rest[1]]):
+        repo_id, op, args = rest[0], rest[1], rest[2:]
+    elif len(rest) <= 2:
+        repo_id, op, args = "/".join(rest), "info", []
+    else:
+        raise NotFound(f"unknown API path {raw_path[:200]}")
+    repo = RepoRef(repo_type, validate_repo_id(_decode(repo_id)))
+    revision = None
+    if API_OPS.get(op):
+        revision, args = _take_revision(args)
+    elif args:
+        raise NotFound(f"unknown API path {raw_path[:200]}")
+    path = ""
+    if args:
+        if op != "tree":
+            raise NotFound(f"unknown API path {raw_path[:200]}")
+        path = validate_file_path("/".join(_decode(s) for s in args))
+    return ApiTarget(repo, op, revision, path)

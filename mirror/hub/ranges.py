@@ -1,0 +1,44 @@
+"""HTTP Range requests: a single byte range, as HF clients, curl and aria2c send them."""
+
+from __future__ import annotations
+
+from mirror.errors import RangeNotSatisfiable
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end_exclusive) for a satisfiable single range, None for "send everything".
+
+    Raises RangeNotSatisfiable (416) for a range past the end. Multi-range and malformed headers
+    are ignored, as RFC 9110 allows, and the whole body is sent.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix < 0:
+                return None
+            if suffix == 0 or size == 0:
+                raise _unsatisfiable(size)
+            return max(0, size - suffix), size
+        start = int(first)
+        end = size - 1 if last == "" else int(last)
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, min(end, size - 1) + 1
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(
+        f"Requested range not satisfiable (file size {size})", headers={"Content-Range": f"bytes */{size}"}
+    )

@@ -1,0 +1,123 @@
+"""`HEAD|GET /{repo}/resolve/{rev}/{path}`: file bytes, with the Hub's headers, from the cache.
+
+The mirror answers 200 itself (never a redirect to upstream or a CDN): hits and misses share this
+code, and the headers are those the HF client reads (X-Repo-Commit, ETag = content hash,
+X-Linked-Etag/X-Linked-Size for LFS, true Content-Length, Accept-Ranges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+from typing import BinaryIO
+from urllib.parse import quote
+
+from aiohttp import web
+
+from mirror.cache.blobs import BlobBody
+from mirror.cache.entries import FileEntry
+from mirror.hub.paths import ResolveTarget
+from mirror.hub.ranges import parse_range
+from mirror.services import SERVICES
+from mirror.tokens import bearer_token
+
+log = logging.getLogger(__name__)
+
+EXPOSED = (
+    "X-Repo-Commit, X-Linked-Etag, X-Linked-Size, ETag, Content-Range, Accept-Ranges, X-Error-Code, X-Error-Message"
+)
+
+
+def file_headers(entry: FileEntry) -> dict[str, str]:
+    name = entry.path.rsplit("/", 1)[-1]
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    headers = {
+        "ETag": f'"{entry.etag}"',
+        "X-Repo-Commit": entry.commit,
+        "Accept-Ranges": "bytes",
+        "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}; filename=\"{ascii_name}\"",
+        "Access-Control-Expose-Headers": EXPOSED,
+    }
+    if entry.is_lfs:
+        headers["X-Linked-Etag"] = f'"{entry.etag}"'
+        headers["X-Linked-Size"] = str(entry.size)
+    return headers
+
+
+async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    token = bearer_token(request.headers.get("Authorization"))
+    await services.policy.check(target.repo, token, files=True)
+    commit = await services.revisions.resolve(target.repo, target.revision, token)
+    entry = await services.entries.get(target.repo, commit, target.path, token)
+    headers = file_headers(entry)
+
+    if_range = request.headers.get("If-Range")
+    range_header = request.headers.get("Range")
+    if if_range is not None and if_range.strip() != headers["ETag"]:
+        range_header = None  # the client's partial copy is of other content: send it all
+    span = parse_range(range_header, entry.size)
+    start, end = span if span else (0, entry.size)
+    status = 206 if span else 200
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+
+    if request.method == "HEAD":
+        headers["X-Cache"] = "HIT" if await services.blobs.is_cached(entry) else "MISS"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    if status == 200 and request.headers.get("If-None-Match", "").strip() == headers["ETag"]:
+        return web.Response(status=304, headers={"ETag": headers["ETag"], "X-Repo-Commit": commit})
+
+    body = await services.blobs.open(entry, token, start, end)
+    headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await send_body(request, response, body, start, end)
+    return response
+
+
+async def send_body(request: web.Request, response: web.StreamResponse, body: BlobBody, start: int, end: int) -> None:
+    if body.path is not None:
+        # Opened before the headers go out, so a vanished file is still an error status.
+        with open(body.path, "rb") as handle:
+            await response.prepare(request)
+            await _sendfile(request, response, handle, start, end)
+        await response.write_eof()
+        return
+    assert body.chunks is not None
+    await response.prepare(request)
+    try:
+        async for chunk in body.chunks:
+            await response.write(chunk)
+    except Exception as exc:
+        # Headers are gone already: the only honest signal left is to cut the connection, so the
+        # client sees a short body (and retries) rather than a complete wrong one.
+        log.warning("aborting %s after a failure mid-body: %s", request.path, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return
+    await response.write_eof()
+
+
+async def _sendfile(request: web.Request, response: web.StreamResponse, handle: BinaryIO, start: int, end: int) -> None:
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    try:
+        await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
+    except NotImplementedError:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            data = await asyncio.to_thread(handle.read, min(1024 * 1024, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            await response.write(data)

@@ -1,0 +1,33 @@
+"""Dispatch on the raw path to the resolve and API handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mirror.errors import NotFound
+from mirror.hub.api import handle_agent_harnesses, handle_api, handle_whoami
+from mirror.hub.paths import parse_api, parse_resolve
+from mirror.hub.resolve import handle_resolve
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    raw = request.rel_url.raw_path
+    if raw.startswith("/api/"):
+        if raw == "/api/whoami-v2":
+            return await handle_whoami(request)
+        if raw == "/api/agent-harnesses":
+            return await handle_agent_harnesses(request)
+        api_target = parse_api(raw)
+        if api_target is None:
+            raise NotFound(f"unknown API path {raw[:200]}")
+        return await handle_api(request, api_target)
+    resolve_target = parse_resolve(raw)
+    if resolve_target is None:
+        raise NotFound(f"no route for {raw[:200]}")
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    return await handle_resolve(request, resolve_target)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/{tail:.*}", dispatch)

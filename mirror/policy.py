@@ -1,0 +1,117 @@
+"""Who may read what: gated and private repos.
+
+Cached bytes of a gated or private repo are served only to callers whose token the upstream
+accepts for that repo. Visibility comes from the repo info (anonymous probe, or any info fetched
+for a client); a decision per (token fingerprint, repo) is trusted for `access_ttl` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mirror.cache import keys
+from mirror.cache.records import Records
+from mirror.cache.singleflight import SingleFlight
+from mirror.errors import GatedRepo, HubError, RepoNotFound, UpstreamUnavailable
+from mirror.repo import RepoRef
+from mirror.tokens import fingerprint
+from mirror.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+PUBLIC, GATED, PRIVATE = "public", "gated", "private"
+
+
+def visibility_of(info: dict[str, Any]) -> str:
+    if info.get("private"):
+        return PRIVATE
+    if info.get("gated"):
+        return GATED
+    return PUBLIC
+
+
+class AccessPolicy:
+    def __init__(
+        self, upstream: Upstream, records: Records, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.upstream = upstream
+        self.records = records
+        self.ttl = ttl
+        self.clock = clock
+        self._visibility: dict[RepoRef, tuple[str, float]] = {}
+        self._decisions: dict[tuple[str, RepoRef], tuple[HubError | None, float]] = {}
+        self._probe: SingleFlight[str] = SingleFlight()
+        self._verify: SingleFlight[HubError | None] = SingleFlight()
+
+    async def observe(self, repo: RepoRef, info: dict[str, Any]) -> None:
+        """Learn visibility from repo info fetched for any caller."""
+        await self._record(repo, visibility_of(info))
+
+    async def _record(self, repo: RepoRef, visibility: str) -> None:
+        previous = self._visibility.get(repo)
+        self._visibility[repo] = (visibility, self.clock() + self.ttl)
+        if previous is None or previous[0] != visibility:
+            await self.records.put(keys.visibility_key(repo), {"visibility": visibility, "at": time.time()})
+
+    async def check(self, repo: RepoRef, token: str | None, *, files: bool) -> None:
+        """Raise the Hub's error unless the caller may read this repo's files (or metadata)."""
+        visibility = await self.visibility(repo)
+        if visibility == PUBLIC or (visibility == GATED and not files):
+            return
+        if not token:
+            if visibility == GATED:
+                raise GatedRepo(
+                    f"Access to {repo.repo_type} {repo.repo_id} is restricted. You must have access to it "
+                    "and be authenticated to access it. Please log in.",
+                    status=401,
+                )
+            raise RepoNotFound(
+                f"Repository Not Found for {repo.repo_type} {repo.repo_id}. Please make sure you specified "
+                "the correct repo id and that you have access to it (pass a token if it is private).",
+                status=401,
+            )
+        key = (fingerprint(token), repo)
+        hit = self._decisions.get(key)
+        if hit is None or hit[1] <= self.clock():
+            denial = await self._verify.do(key, lambda: self._ask_upstream(repo, token))
+            self._decisions[key] = (denial, self.clock() + self.ttl)
+            hit = self._decisions[key]
+        if hit[0] is not None:
+            raise hit[0]
+
+    async def _ask_upstream(self, repo: RepoRef, token: str) -> HubError | None:
+        try:
+            await self.upstream.api_json(f"{repo.api_path}/auth-check", token)
+        except UpstreamUnavailable:
+            raise UpstreamUnavailable(
+                f"cannot verify access to {repo.repo_type} {repo.repo_id} while upstream is unreachable",
+                status=503,
+            ) from None
+        except HubError as denial:
+            if denial.status in (401, 403, 404):
+                return denial
+            raise
+        return None
+
+    async def visibility(self, repo: RepoRef) -> str:
+        hit = self._visibility.get(repo)
+        if hit and hit[1] > self.clock():
+            return hit[0]
+        return await self._probe.do(repo, lambda: self._probe_now(repo))
+
+    async def _probe_now(self, repo: RepoRef) -> str:
+        try:
+            info, _ = await self.upstream.api_json(repo.api_path, None)
+            visibility = visibility_of(info) if isinstance(info, dict) else PRIVATE
+        except UpstreamUnavailable:
+            record = await self.records.get(keys.visibility_key(repo))
+            # Unknown and unverifiable: treat as private, so access must be proven.
+            return str(record["visibility"]) if record else PRIVATE
+        except HubError as exc:
+            # Anonymous callers get 401/404 for private and missing repos alike.
+            visibility = GATED if exc.code == "GatedRepo" else PRIVATE
+        await self._record(repo, visibility)
+        return visibility

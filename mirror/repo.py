@@ -1,0 +1,80 @@
+"""Repository identity and the validation rules for what clients may name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mirror.errors import BadRequest
+
+REPO_TYPES = ("model", "dataset", "space")
+API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_PATH_LENGTH = 1024
+MAX_REVISION_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    repo_type: str  # "model" | "dataset" | "space"
+    repo_id: str  # "name" or "namespace/name"
+
+    @property
+    def url_prefix(self) -> str:
+        return URL_PREFIXES[self.repo_type]
+
+    @property
+    def api_type(self) -> str:
+        return self.repo_type + "s"
+
+    @property
+    def api_path(self) -> str:
+        return f"/api/{self.api_type}/{self.repo_id}"
+
+    @property
+    def storage_prefix(self) -> str:
+        return f"{self.api_type}/{self.repo_id}"
+
+    def __str__(self) -> str:
+        return f"{self.repo_type}:{self.repo_id}"
+
+
+def validate_repo_id(repo_id: str) -> str:
+    parts = repo_id.split("/")
+    if not 1 <= len(parts) <= 2 or not all(_NAME_RE.match(p) for p in parts):
+        raise BadRequest(f"Invalid repo id {repo_id[:200]!r}: expected 'name' or 'namespace/name'")
+    for part in parts:
+        if "--" in part or ".." in part or part.endswith((".", "-")) or part.endswith(".git"):
+            raise BadRequest(f"Invalid repo id {repo_id[:200]!r}")
+    return repo_id
+
+
+def _check_text(kind: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise BadRequest(f"{kind} is longer than {limit} characters")
+    if any(ord(c) < 32 or c in "\\\x7f" for c in value):
+        raise BadRequest(f"{kind} contains control characters or backslashes")
+
+
+def validate_revision(revision: str) -> str:
+    _check_text("revision", revision, MAX_REVISION_LENGTH)
+    parts = revision.split("/")
+    if not revision or any(p in ("", ".", "..") for p in parts) or revision.startswith("-"):
+        raise BadRequest(f"Invalid revision {revision[:200]!r}")
+    return revision
+
+
+def validate_file_path(path: str) -> str:
+    """A path inside a repo, already percent-decoded: no traversal, no empty segments."""
+    _check_text("path", path, MAX_PATH_LENGTH)
+    parts = path.split("/")
+    if not path or any(p in ("", ".", "..") for p in parts):
+        raise BadRequest(f"Invalid file path {path[:200]!r}")
+    return path
+
+
+def is_commit(revision: str) -> bool:
+    return bool(COMMIT_RE.match(revision))

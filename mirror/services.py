@@ -1,0 +1,55 @@
+"""The objects one running mirror is made of, held on the app (no global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mirror.cache.blobs import Blobs
+from mirror.cache.entries import Entries
+from mirror.cache.fill import Filler
+from mirror.cache.metadata import Metadata
+from mirror.cache.records import Records
+from mirror.cache.revisions import Revisions
+from mirror.config import Config
+from mirror.policy import AccessPolicy
+from mirror.storage import Storage
+from mirror.upstream import Upstream
+
+
+@dataclass
+class Services:
+    config: Config
+    storage: Storage
+    upstream: Upstream
+    records: Records
+    policy: AccessPolicy
+    revisions: Revisions
+    entries: Entries
+    filler: Filler
+    blobs: Blobs
+    metadata: Metadata
+
+    @classmethod
+    def build(cls, config: Config, storage: Storage, upstream: Upstream) -> Services:
+        records = Records(storage)
+        policy = AccessPolicy(upstream, records, config.cache.access_ttl)
+        revisions = Revisions(upstream, records, config.cache.revision_ttl)
+        revisions.observers.append(policy.observe)
+        filler = Filler(storage, upstream, config.cache, config.upstream)
+        return cls(
+            config=config,
+            storage=storage,
+            upstream=upstream,
+            records=records,
+            policy=policy,
+            revisions=revisions,
+            entries=Entries(upstream, records),
+            filler=filler,
+            blobs=Blobs(storage, filler),
+            metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl),
+        )
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,110 @@
+"""The one storage interface the cache uses for blobs and metadata.
+
+Every backend implements `Storage`, and tests/storage_suite.py checks each against the same
+behaviours: put/get/stat/delete/list, ranged reads, atomic publish, concurrent writers of one key,
+missing keys, typed errors. Storage knows nothing about HTTP or the Hub; keys are plain strings
+such as "blobs/sha256/ab/abcdef...".
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.errors import StorageError
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
+
+
+class ObjectNotFound(KeyError):
+    """The key holds no published object."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend failed (disk full, permission, store down); nothing was half-published."""
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class BlobWriter(abc.ABC):
+    """An object being written. Invisible to readers of the key until `commit`.
+
+    `read_written` lets readers follow a fill while it is in progress (stream-while-filling)
+    without the writer buffering anything in memory.
+    """
+
+    key: str
+    written: int
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def read_written(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of what was written so far."""
+
+    @abc.abstractmethod
+    async def commit(self) -> ObjectInfo:
+        """Publish atomically: readers see the whole object or nothing."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discard everything written; safe to call more than once and after commit."""
+
+
+class Storage(abc.ABC):
+    name: str
+
+    async def start(self) -> None:
+        """Prepare the backend (create folders, clean what a crash left behind)."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    @abc.abstractmethod
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Stream bytes [start, end) of a published object; raises ObjectNotFound."""
+
+    @abc.abstractmethod
+    async def get_bytes(self, key: str) -> bytes | None:
+        """A whole small object (metadata), or None when missing."""
+
+    @abc.abstractmethod
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Publish a small object atomically, replacing any previous one."""
+
+    @abc.abstractmethod
+    async def open_writer(self, key: str) -> BlobWriter: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove an object; True if it existed."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> AsyncIterator[str]:
+        """Keys that start with `prefix` (a folder-like prefix ending in '/' or empty)."""
+
+    @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Raise StorageUnavailable unless an object can be written and read back now."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A filesystem path of the published object, when the backend has one (sendfile)."""
+        return None

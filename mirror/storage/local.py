@@ -1,0 +1,207 @@
+"""Local-disk backend: the embedded default that needs nothing else running.
+
+Objects live under <root>/objects/<key>. Writers fill a private file under <root>/staging and
+publish it with one rename, so a crash mid-fill leaves nothing visible under the key; whatever a
+crash leaves in staging is removed at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from mirror.storage.base import (
+    BlobWriter,
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageUnavailable,
+    check_key,
+)
+
+READ_CHUNK = 1024 * 1024
+
+
+def _unavailable(exc: OSError, what: str) -> StorageUnavailable:
+    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return StorageUnavailable(f"local storage: cannot {what}: {reason}")
+
+
+class LocalWriter(BlobWriter):
+    def __init__(self, storage: LocalStorage, key: str, staging_path: Path) -> None:
+        self.key = key
+        self.written = 0
+        self._storage = storage
+        self._path = staging_path
+        self._fd = os.open(staging_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._closed = False
+        # Reads run in worker threads; the fd is closed only once none is using it, so a number
+        # reused by another open() can never be read by a follower.
+        self._reads = 0
+        self._close_wanted = False
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(_write_all, self._fd, data)
+        except OSError as exc:
+            raise _unavailable(exc, "write") from exc
+        self.written += len(data)
+
+    async def read_written(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.written - offset))
+        if self._close_wanted:
+            raise StorageUnavailable(f"local storage: writer of {self.key} is closed")
+        if length == 0:
+            return b""
+        self._reads += 1
+        try:
+            return await asyncio.to_thread(os.pread, self._fd, length, offset)
+        finally:
+            self._reads -= 1
+            if self._close_wanted and self._reads == 0:
+                self._close_fd()
+
+    async def commit(self) -> ObjectInfo:
+        final = self._storage.path_of(self.key)
+        try:
+            await asyncio.to_thread(os.fsync, self._fd)
+            await aiofiles.os.makedirs(final.parent, exist_ok=True)
+            # One rename: readers of the key see the old state or the whole new object.
+            await aiofiles.os.replace(self._path, final)
+        except OSError as exc:
+            await self.abort()
+            raise _unavailable(exc, f"publish {self.key}") from exc
+        self._close_fd()
+        st = final.stat()
+        return ObjectInfo(self.key, st.st_size, st.st_mtime)
+
+    async def abort(self) -> None:
+        self._close_fd()
+        self._path.unlink(missing_ok=True)
+
+    def _close_fd(self) -> None:
+        self._close_wanted = True
+        if not self._closed and self._reads == 0:
+            self._closed = True
+            os.close(self._fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class LocalStorage(Storage):
+    name = "local"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.objects = self.root / "objects"
+        self.staging = self.root / "staging"
+
+    async def start(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        for leftover in self.staging.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        return self.objects / check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path_of(key)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = await aiofiles.os.stat(self.path_of(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _unavailable(exc, f"stat {key}") from exc
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    async def read_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            handle = await aiofiles.open(self.path_of(key), "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        except OSError as exc:
+            raise _unavailable(exc, f"read {key}") from exc
+        async with handle:
+            await handle.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                data = await handle.read(size)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        try:
+            async with aiofiles.open(self.path_of(key), "rb") as handle:
+                return await handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _unavailable(exc, f"read {key}") from exc
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        writer = await self.open_writer(key)
+        try:
+            await writer.write(data)
+        except BaseException:
+            await writer.abort()
+            raise
+        await writer.commit()
+
+    async def open_writer(self, key: str) -> BlobWriter:
+        check_key(key)
+        try:
+            return LocalWriter(self, key, self.staging / f"{uuid.uuid4().hex}.part")
+        except OSError as exc:
+            raise _unavailable(exc, f"create {key}") from exc
+
+    async def delete(self, key: str) -> bool:
+        try:
+            await aiofiles.os.remove(self.path_of(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise _unavailable(exc, f"delete {key}") from exc
+        return True
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        base = self.objects
+        # Walk only the folder the prefix names, then filter by the rest of the prefix.
+        folder = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        if not folder.is_dir():
+            return
+        paths = await asyncio.to_thread(lambda: sorted(p for p in folder.rglob("*") if p.is_file()))
+        for path in paths:
+            key = path.relative_to(base).as_posix()
+            if key.startswith(prefix):
+                yield key
+
+    async def check_writable(self) -> None:
+        key = f"health/{uuid.uuid4().hex}"
+        try:
+            await self.put_bytes(key, b"ok")
+            if await self.get_bytes(key) != b"ok":
+                raise StorageUnavailable("local storage: read-back mismatch")
+            await self.delete(key)
+        except StorageUnavailable:
+            raise
+        except OSError as exc:
+            raise _unavailable(exc, "write a probe object") from exc
