@@ -108,8 +108,10 @@ class AccessPolicy:
             visibility = visibility_of(info) if isinstance(info, dict) else PRIVATE
         except UpstreamUnavailable:
             record = await self.records.get(keys.visibility_key(repo))
-            # Unknown and unverifiable: treat as private, so access must be proven.
-            return str(record["visibility"]) if record else PRIVATE
+            if record is None:
+                # Nothing known and nothing to ask: a 5xx, so clients fall back to their caches.
+                raise
+            return str(record["visibility"])
         except HubError as exc:
             # Anonymous callers get 401/404 for private and missing repos alike.
             visibility = GATED if exc.code == "GatedRepo" else PRIVATE

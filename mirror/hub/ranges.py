@@ -31,10 +31,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         end = size - 1 if last == "" else int(last)
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0:
         return None
     if start >= size:
         raise _unsatisfiable(size)
+    if end < start:
+        return None
     return start, min(end, size - 1) + 1
 
 

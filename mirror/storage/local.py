@@ -136,7 +136,7 @@ class LocalStorage(Storage):
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise _unavailable(exc, f"read {key}") from exc
-        async with handle:
+        try:
             await handle.seek(start)
             remaining = None if end is None else end - start
             while remaining is None or remaining > 0:
@@ -147,6 +147,8 @@ class LocalStorage(Storage):
                 if remaining is not None:
                     remaining -= len(data)
                 yield data
+        finally:
+            await handle.close()
 
     async def get_bytes(self, key: str) -> bytes | None:
         try:

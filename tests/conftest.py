@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mirror.config import load_config
+from tests.hubemu.fixtures import hub  # noqa: F401
+from tests.hubemu import HubEmulator
+from tests.mirror_server import MirrorThread
+
+
+def start_mirror(upstream: str, cache_dir: Path, **sections: dict) -> MirrorThread:
+    overrides = {"upstream": {"url": upstream, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return MirrorThread(load_config(None, overrides, environ={})).start()
+
+
+@pytest.fixture
+def mirror(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:  # noqa: F811
+    server = start_mirror(hub.url, tmp_path / "mirror-cache")
+    yield server
+    server.stop()

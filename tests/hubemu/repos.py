@@ -1,0 +1,257 @@
+"""In-memory git-like data model of Hub repositories: blobs, commits, refs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".parquet")
+REPO_TYPES = ("model", "dataset", "space")
+# The Hub spells repo types three ways: singular in the client API, plural in /api URLs,
+# and as a prefix (none for models) in /resolve URLs.
+API_SEGMENT = {"model": "models", "dataset": "datasets", "space": "spaces"}
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+HEX40 = re.compile(r"[0-9a-f]{40}")
+SHORT_SHA = re.compile(r"[0-9a-f]{7,39}")
+
+
+def git_blob_sha1(data: bytes) -> str:
+    h = hashlib.sha1(b"blob %d\0" % len(data))
+    h.update(data)
+    return h.hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def is_default_lfs(path: str, data: bytes, threshold: int) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return len(data) >= threshold or name.endswith(LFS_SUFFIXES) or name == "tokenizer.json"
+
+
+@dataclass(frozen=True, eq=False)
+class Blob:
+    data: bytes
+    oid: str  # git object sha1 of what git stores: the content, or for LFS files the pointer
+    sha256: str | None  # only LFS files carry one (it is their linked ETag)
+    pointer: bytes | None  # the git-lfs pointer file
+
+    @classmethod
+    def make(cls, data: bytes, lfs: bool) -> Blob:
+        data = data if isinstance(data, bytes) else bytes(data)
+        if not lfs:
+            return cls(data, git_blob_sha1(data), None, None)
+        digest = sha256_hex(data)
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\nsize {len(data)}\n".encode()
+        return cls(data, git_blob_sha1(pointer), digest, pointer)
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def xet_hash(self) -> str | None:
+        # Derived from the sha256 rather than the content so 1 GiB files are hashed only once.
+        return None if self.sha256 is None else sha256_hex(b"xet:" + self.sha256.encode())
+
+
+def _tree_oids(files: Mapping[str, Blob]) -> dict[str, str]:
+    """Real git tree object ids for every directory ("" is the root)."""
+    entries: dict[str, dict[str, tuple[bool, str]]] = {"": {}}
+    for path, blob in files.items():
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            entries.setdefault("/".join(parts[:depth]), {})
+        parent, _, name = path.rpartition("/")
+        entries[parent][name] = (False, blob.oid)
+    oids: dict[str, str] = {}
+    # Deepest directories first so each parent already holds its children's oids.
+    for directory in sorted(entries, key=lambda d: d.count("/") + (d != ""), reverse=True):
+        # git orders tree entries as if directory names ended with "/".
+        ordered = sorted(entries[directory].items(), key=lambda e: e[0] + "/" * e[1][0])
+        body = b"".join(
+            (b"40000 " if is_dir else b"100644 ") + name.encode() + b"\0" + bytes.fromhex(oid)
+            for name, (is_dir, oid) in ordered
+        )
+        oids[directory] = hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()
+        if directory:
+            parent, _, name = directory.rpartition("/")
+            entries[parent][name] = (True, oids[directory])
+    return oids
+
+
+@dataclass(frozen=True, eq=False)
+class Commit:
+    sha: str
+    parent: Commit | None
+    message: str
+    date: datetime
+    files: Mapping[str, Blob]
+    dir_oids: Mapping[str, str] = field(repr=False)
+
+    @property
+    def title(self) -> str:
+        return self.message.splitlines()[0] if self.message else ""
+
+    def history(self) -> Iterable[Commit]:
+        commit: Commit | None = self
+        while commit is not None:
+            yield commit
+            commit = commit.parent
+
+    def oid_of(self, path: str) -> str | None:
+        blob = self.files.get(path)
+        return blob.oid if blob is not None else self.dir_oids.get(path)
+
+    def last_change(self, path: str) -> Commit:
+        """The newest commit in history that changed `path` (file or directory)."""
+        commit = self
+        oid = self.oid_of(path)
+        while commit.parent is not None and commit.parent.oid_of(path) == oid:
+            commit = commit.parent
+        return commit
+
+
+class Repo:
+    """One repository. Mutations are locked because the server thread reads concurrently."""
+
+    def __init__(
+        self,
+        repo_type: str,
+        repo_id: str,
+        files: Mapping[str, bytes],
+        *,
+        lfs: Iterable[str] | None,
+        gated: bool | str,
+        private: bool,
+        tokens: Iterable[str],
+        lfs_threshold: int,
+    ) -> None:
+        if repo_type not in REPO_TYPES:
+            raise ValueError(f"repo_type must be one of {REPO_TYPES}, not {repo_type!r}")
+        if gated not in (False, "auto", "manual"):
+            raise ValueError("gated must be False, 'auto' or 'manual'")
+        self.repo_type = repo_type
+        self.repo_id = repo_id
+        self.gated: bool | str = gated
+        self.private = private
+        self.tokens = frozenset(tokens)
+        self.lfs_paths = None if lfs is None else frozenset(lfs)
+        self.lfs_threshold = lfs_threshold
+        self.commits: dict[str, Commit] = {}
+        self.branches: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+        self.prs: dict[int, str] = {}
+        self._lock = threading.RLock()
+        self._make_commit(None, dict(files), (), "initial commit", "main")
+
+    @property
+    def url_prefix(self) -> str:
+        return URL_PREFIX[self.repo_type]
+
+    @property
+    def api_segment(self) -> str:
+        return API_SEGMENT[self.repo_type]
+
+    def _is_lfs(self, path: str, data: bytes) -> bool:
+        if self.lfs_paths is not None:
+            return path in self.lfs_paths
+        return is_default_lfs(path, data, self.lfs_threshold)
+
+    def _make_commit(
+        self,
+        parent: Commit | None,
+        changes: Mapping[str, bytes],
+        delete: Iterable[str],
+        message: str,
+        branch: str,
+    ) -> str:
+        files = dict(parent.files) if parent is not None else {}
+        for path in delete:
+            files.pop(path, None)
+        for path, data in changes.items():
+            path = path.strip("/")
+            files[path] = Blob.make(data, self._is_lfs(path, data))
+        files = dict(sorted(files.items()))
+        dir_oids = _tree_oids(files)
+        date = EPOCH + timedelta(minutes=len(self.commits))
+        parent_sha = parent.sha if parent else ""
+        seed = f"{self.repo_type}/{self.repo_id}\n{dir_oids['']}\n{parent_sha}\n{message}\n{date}"
+        sha = hashlib.sha1(seed.encode()).hexdigest()
+        self.commits[sha] = Commit(sha, parent, message, date, MappingProxyType(files), MappingProxyType(dir_oids))
+        self.branches[branch] = sha
+        return sha
+
+    def commit(
+        self,
+        files: Mapping[str, bytes],
+        message: str = "update",
+        delete: Iterable[str] = (),
+        branch: str = "main",
+    ) -> str:
+        """Add a commit on `branch` (created from main's head if new); unchanged files carry over."""
+        with self._lock:
+            parent_sha = self.branches.get(branch) or self.branches["main"]
+            return self._make_commit(self.commits[parent_sha], files, delete, message, branch)
+
+    def _target(self, rev: str | None) -> str:
+        commit = self.resolve(rev or "main")
+        if commit is None:
+            raise KeyError(f"unknown revision {rev!r}")
+        return commit.sha
+
+    def tag(self, name: str, sha: str | None = None) -> None:
+        with self._lock:
+            self.tags[name] = self._target(sha)
+
+    def create_branch(self, name: str, sha: str | None = None) -> None:
+        with self._lock:
+            self.branches[name] = self._target(sha)
+
+    def create_pr(self, sha: str | None = None) -> int:
+        with self._lock:
+            number = len(self.prs) + 1
+            self.prs[number] = self._target(sha)
+            return number
+
+    def head(self, branch: str = "main") -> str:
+        return self.branches[branch]
+
+    def files(self, sha: str | None = None) -> dict[str, bytes]:
+        return {path: blob.data for path, blob in self.commits[self._target(sha)].files.items()}
+
+    def resolve(self, rev: str) -> Commit | None:
+        """Map any revision form the Hub accepts (branch, tag, refs/pr/N, full or short sha) to a commit."""
+        with self._lock:
+            sha = self.branches.get(rev) or self.tags.get(rev)
+            if sha is None and rev.startswith("refs/"):
+                kind, _, name = rev[len("refs/") :].partition("/")
+                if kind == "pr" and name.isdigit():
+                    sha = self.prs.get(int(name))
+                else:
+                    sha = {"heads": self.branches, "tags": self.tags}.get(kind, {}).get(name)
+            if sha is None and HEX40.fullmatch(rev):
+                sha = rev if rev in self.commits else None
+            if sha is None and SHORT_SHA.fullmatch(rev):
+                matches = [c for c in self.commits if c.startswith(rev)]
+                sha = matches[0] if len(matches) == 1 else None
+            return self.commits.get(sha) if sha else None
+
+    def refs(self) -> tuple[dict[str, str], dict[str, str], dict[int, str]]:
+        with self._lock:
+            return dict(self.branches), dict(self.tags), dict(self.prs)

@@ -1,0 +1,125 @@
+"""Run a mirror app in a background thread with its own event loop, for tests and benchmarks.
+
+Clients under test (huggingface_hub, curl, aria2c) are blocking and run in this thread or in
+subprocesses, so the servers must not share their event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from mirror.app import create_app
+from mirror.config import Config
+from mirror.services import SERVICES, Services
+
+T = TypeVar("T")
+
+
+class MirrorThread:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mirror", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        # (method, raw path) of every request the mirror received, so tests can see what clients sent.
+        self.requests: list[tuple[str, str]] = []
+
+    def start(self) -> MirrorThread:
+        self._thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        app = create_app(self.config)
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.requests.append((request.method, request.rel_url.raw_path_qs))
+            return await handler(request)
+
+        app.middlewares.insert(0, record)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    @property
+    def services(self) -> Services:
+        assert self._runner is not None
+        return self._runner.app[SERVICES]
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MirrorProcess:
+    """`hub-mirror serve` as a real process, for CLI and crash tests."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "serve", "--port", str(self.port), *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> MirrorProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mirror exited with {self.proc.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("mirror did not become healthy")
+
+    def output(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read() if self.proc.poll() is not None else ""
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.output()

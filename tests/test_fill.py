@@ -1,0 +1,158 @@
+"""Filling the cache: single-flight, resume after drops, verification, crashes, upstream down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from mirror.cache import keys
+from tests.client import run_client
+from tests.hubemu import HubEmulator, sha256_hex
+from tests.mirror_server import MirrorProcess, MirrorThread
+
+BIG = os.urandom(3 * 1024 * 1024 + 123)
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def blob_published(mirror: MirrorThread, data: bytes) -> bool:
+    return mirror.call(mirror.services.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
+
+
+def cdn_gets(hub: HubEmulator) -> int:
+    return hub.count(method="GET", origin="cdn")
+
+
+def test_concurrent_cold_requests_share_one_upstream_fetch(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    hub.faults.throttle(8 * 1024 * 1024)  # slow enough that all clients join while the fill runs
+    url = f"{mirror.url}/org/big/resolve/main/w.safetensors"
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: fetch(url), range(8)))
+    assert all(status == 200 and body == BIG for status, body in results)
+    assert cdn_gets(hub) == 1
+    assert hub.count(method="HEAD", path_contains="w.safetensors") == 1
+    assert mirror.services.filler.started == 1
+
+
+def test_upstream_drop_is_resumed_with_range(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    hub.faults.drop_after(1_000_000, path_contains="w.safetensors", times=2)
+    out = run_client(mirror.url, 'out["p"] = hf_hub_download("org/big", "w.safetensors")', tmp_path)
+    assert Path(out["p"]).read_bytes() == BIG
+    ranged = [r for r in hub.requests if r.origin == "cdn" and "range" in r.headers]
+    starts = [int(r.headers["range"].removeprefix("bytes=").rstrip("-")) for r in ranged]
+    # Each resume starts where the mirror's verified copy ended (at most where the drop happened).
+    assert len(starts) == 2 and 0 < starts[0] <= 1_000_000 and starts[0] < starts[1] <= starts[0] + 1_000_000
+    assert blob_published(mirror, BIG)
+
+
+def test_expired_signed_url_is_re_resolved_on_resume(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    hub.faults.drop_after(500_000, path_contains="w.safetensors", times=1)
+    hub.faults.expire_signed_urls()  # URLs issued before now die; the resume must ask for a new one
+    status, body = fetch(f"{mirror.url}/org/big/resolve/main/w.safetensors")
+    assert (status, body == BIG) == (200, True)
+    assert hub.count(method="GET", origin="hub", path_contains="w.safetensors") == 2
+
+
+def test_corrupt_upstream_bytes_are_never_published(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    hub.faults.corrupt(path_contains="w.safetensors", offset=2_000_000)
+    url = f"{mirror.url}/org/big/resolve/main/w.safetensors"
+    out = run_client(mirror.url, 'out["e"] = err(hf_hub_download, "org/big", "w.safetensors")', tmp_path)
+    assert out["e"] is not None, "the client must not end up with a complete corrupt file"
+    assert not blob_published(mirror, BIG)
+    assert not list((tmp_path / "hub" / "models--org--big" / "blobs").glob("*[!e]")), "no finished client blob"
+    # A client holding a prefix of the bad bytes cannot resume onto good ones.
+    status, _ = fetch(url, {"Range": "bytes=1000-"})
+    assert status == 502
+    hub.faults.clear()
+    status, body = fetch(url)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_hex(BIG)
+    assert blob_published(mirror, BIG)
+
+
+def test_crash_mid_fill_leaves_nothing_visible(hub: HubEmulator, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    hub.faults.throttle(512 * 1024)
+    cache = tmp_path / "cache"
+    first = MirrorProcess("--upstream", hub.url, "--cache-dir", str(cache)).wait_ready()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(fetch, f"{first.url}/org/big/resolve/main/w.safetensors")
+        deadline = time.monotonic() + 10
+        while not list((cache / "staging").glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((cache / "staging").glob("*.part")), "a fill was in progress"
+        first.kill()  # SIGKILL mid-fill
+    assert not (cache / "objects" / keys.blob_key(sha256_hex(BIG))).exists()
+    hub.faults.clear()
+    second = MirrorProcess("--upstream", hub.url, "--cache-dir", str(cache)).wait_ready()
+    try:
+        assert not list((cache / "staging").iterdir()), "leftovers removed at start"
+        status, body = fetch(f"{second.url}/org/big/resolve/main/w.safetensors")
+        assert status == 200 and body == BIG
+    finally:
+        second.stop()
+
+
+def test_upstream_down_serves_what_is_cached(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
+    repo = hub.add_repo("model", "org/tiny", {"config.json": b"{}", "w.safetensors": BIG[:50_000]})
+    warm = run_client(mirror.url, 'out["p"] = snapshot_download("org/tiny")', tmp_path / "warm")
+    hub.faults.down()
+    mirror.services.revisions.ttl = 0  # force the branch lookup to go to (dead) upstream
+    mirror.services.revisions._fresh.clear()
+    out = run_client(
+        mirror.url,
+        """
+        out["snap"] = sorted(os.listdir(snapshot_download("org/tiny")))
+        out["file"] = open(hf_hub_download("org/tiny", "config.json"), "rb").read().decode()
+        out["uncached"] = err(hf_hub_download, "org/other", "config.json")
+        """,
+        tmp_path / "cold-client",
+    )
+    assert out["snap"] == ["config.json", "w.safetensors"]
+    assert out["file"] == "{}"
+    assert out["uncached"] == "LocalEntryNotFoundError"
+    assert Path(warm["p"]).name == repo.head()
+    status, _ = fetch(f"{mirror.url}/org/other/resolve/main/config.json")
+    assert 500 <= status < 600
+
+
+def test_slow_upstream_still_answers_within_client_timeouts(
+    hub: HubEmulator, mirror: MirrorThread, tmp_path: Path
+) -> None:
+    data = os.urandom(2_400_000)
+    hub.add_repo("model", "org/slow", {"w.safetensors": data})
+    hub.faults.throttle(200_000)  # about 12 s for the whole body: longer than the client's 10 s read timeout
+    start = time.monotonic()
+    out = run_client(
+        mirror.url,
+        'out["p"] = hf_hub_download("org/slow", "w.safetensors")',
+        tmp_path,
+        env={"HF_HUB_DOWNLOAD_TIMEOUT": "10"},
+    )
+    assert time.monotonic() - start > 10
+    assert Path(out["p"]).read_bytes() == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 10_001])
+def test_small_and_empty_files(hub: HubEmulator, mirror: MirrorThread, size: int) -> None:
+    data = os.urandom(size)
+    hub.add_repo("model", "org/s", {"f.bin": data})
+    assert fetch(f"{mirror.url}/org/s/resolve/main/f.bin") == (200, data)
+    assert fetch(f"{mirror.url}/org/s/resolve/main/f.bin") == (200, data)
