@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -131,11 +132,17 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
                 return False
             raise ValueError(raw)
         if typ is int:
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            if isinstance(raw, str) and not re.fullmatch(r"-?[0-9]+", raw.strip()):
                 raise ValueError(raw)
             return int(raw)
         if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
             return float(raw)
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ValueError(raw)
         return str(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: cannot read {raw!r} as {typ.__name__}") from None

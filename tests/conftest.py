@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from mirror.config import load_config
-from tests.hubemu.fixtures import hub  # noqa: F401
 from tests.hubemu import HubEmulator
+from tests.hubemu.fixtures import hub  # noqa: F401
 from tests.mirror_server import MirrorThread
 
 

@@ -94,11 +94,6 @@ async def test_delete_reports_whether_the_key_existed(store: Storage) -> None:
     assert await store.delete("never/written") is False
 
 
-@pytest.mark.xfail(
-    reason="LocalStorage maps a key to a path, so a key that is only a folder of other keys stats as a "
-    "4096-byte object and get_bytes/delete raise StorageUnavailable (Is a directory)",
-    strict=True,
-)
 async def test_prefix_of_other_keys_is_not_an_object(store: Storage) -> None:
     await store.put_bytes("a/b/c", b"x")
     assert await store.stat("a/b") is None
@@ -309,11 +304,6 @@ async def test_list_skips_objects_still_being_written(store: Storage) -> None:
         await writer.abort()
 
 
-@pytest.mark.xfail(
-    reason="LocalStorage.list does not validate its prefix: list('../') walks the storage root and yields "
-    "'../staging/<id>.part' (unpublished writes) and '../objects/<key>'",
-    strict=True,
-)
 async def test_list_rejects_an_invalid_prefix(store: Storage) -> None:
     await store.put_bytes("a/b", b"x")
     writer = await write_chunks(store, "pending", [b"y"])

@@ -284,12 +284,6 @@ def test_api_target_repo_ref() -> None:
     assert target is not None and target.repo == RepoRef("dataset", "org/data")
 
 
-@pytest.mark.xfail(
-    reason="parse_api tries the two-part repo form first, so for a single-segment (legacy) repo an "
-    "unencoded refs/... revision makes 'refs' look like the refs operation of repo '<name>/<op>' "
-    "and the request gets 404 NotFound",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

@@ -100,7 +100,8 @@ def parse_api(raw_path: str) -> ApiTarget | None:
         return None
     repo_type = API_TYPES[segs[1]]
     rest = segs[2:]
-    if len(rest) >= 3 and rest[2] in API_OPS:
+    # An op that takes no revision ends the path, so `gpt2/tree/refs/pr/1` is a tree of gpt2.
+    if len(rest) >= 3 and rest[2] in API_OPS and (API_OPS[rest[2]] or len(rest) == 3):
         repo_id, op, args = "/".join(rest[:2]), rest[2], rest[3:]
     elif len(rest) >= 2 and rest[1] in API_OPS and (len(rest) > 2 or not API_OPS[rest[1]]):
         repo_id, op, args = rest[0], rest[1], rest[2:]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from mirror.errors import RangeNotSatisfiable
+
+_DIGITS = re.compile(r"^[0-9]*$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -17,7 +21,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, sep, last = spec.strip().partition("-")
-    if not sep:
+    first, last = first.strip(), last.strip()
+    if not sep or not _DIGITS.match(first) or not _DIGITS.match(last) or (first == last == ""):
         return None
     try:
         if first == "":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat as stat_module
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,12 +128,14 @@ class LocalStorage(Storage):
             return None
         except OSError as exc:
             raise _unavailable(exc, f"stat {key}") from exc
+        if not stat_module.S_ISREG(st.st_mode):
+            return None  # a folder of other keys is not an object (as on S3)
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
     async def read_range(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         try:
             handle = await aiofiles.open(self.path_of(key), "rb")
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(key) from None
         except OSError as exc:
             raise _unavailable(exc, f"read {key}") from exc
@@ -154,7 +157,7 @@ class LocalStorage(Storage):
         try:
             async with aiofiles.open(self.path_of(key), "rb") as handle:
                 return await handle.read()
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except OSError as exc:
             raise _unavailable(exc, f"read {key}") from exc
@@ -178,13 +181,17 @@ class LocalStorage(Storage):
     async def delete(self, key: str) -> bool:
         try:
             await aiofiles.os.remove(self.path_of(key))
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return False
         except OSError as exc:
             raise _unavailable(exc, f"delete {key}") from exc
         return True
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
+        if prefix.strip("/"):
+            check_key(prefix.rstrip("/"))
+        elif prefix:
+            raise ValueError(f"invalid storage prefix {prefix!r}")
         base = self.objects
         # Walk only the folder the prefix names, then filter by the rest of the prefix.
         folder = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
