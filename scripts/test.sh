@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up a virtualenv with the project and its test tools, the Debian download tools the
+# conformance tests drive (curl, aria2c), an older huggingface_hub for the old-client tests,
+# then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl aria2 >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+# huggingface_hub 0.36 (the last 0.x) for the old-client conformance tests.
+OLD_VENV=${HUB_MIRROR_OLD_HF_VENV:-$PWD/.venv-hf-old}
+if [ ! -x "$OLD_VENV/bin/python" ] || ! "$OLD_VENV/bin/python" -c "import huggingface_hub" 2>/dev/null; then
+  "$PY" -m venv "$OLD_VENV"
+  "$OLD_VENV/bin/python" -m pip install -q "huggingface_hub==0.36.2"
+fi
+export HUB_MIRROR_OLD_HF_VENV="$OLD_VENV"
+
+.venv/bin/ruff check mirror tests
+exec .venv/bin/python -m pytest -q "$@"
