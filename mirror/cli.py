@@ -12,6 +12,7 @@ from aiohttp import web
 from mirror import __version__
 from mirror.app import create_app
 from mirror.config import ConfigError, load_config
+from mirror.runtime import tune_allocator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"hub-mirror: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log.level)
+    tune_allocator()
     logging.getLogger(__name__).info(
         "hub-mirror %s on http://%s:%d, upstream %s, cache %s",
         __version__,

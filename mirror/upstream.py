@@ -112,7 +112,11 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.read_timeout)
         connector = aiohttp.TCPConnector(limit=config.max_connections, ttl_dns_cache=300)
         # auto_decompress off: bodies are hashed and stored exactly as the file's bytes.
-        return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+        # read_bufsize: bigger reads are cheaper, but what sits in the buffer when a connection
+        # drops is lost (aiohttp raises before handing it out), so keep it well under drop sizes.
+        return aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False, read_bufsize=256 * 1024
+        )
 
     def url(self, path: str) -> str:
         return self.base + path

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,36 @@ from mirror.storage import BlobWriter, Storage
 from mirror.upstream import RetryableBodyError, Upstream
 
 log = logging.getLogger(__name__)
+
+
+RECENT_CHUNKS = 4
+PIPELINE_CHUNKS = 4
+# Upstream bytes are processed in batches of up to chunk_size, or whatever arrived within this
+# many seconds, so slow upstreams still reach clients promptly.
+BATCH_WAIT = 0.05
+
+
+async def batched(stream: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """Chunks of about `size` bytes from a stream that hands out whatever arrived (often 64 KiB)."""
+    buffer = bytearray()
+    started = 0.0
+    while True:
+        try:
+            data = await stream.readany()
+        except BaseException:
+            if buffer:
+                yield bytes(buffer)  # keep what arrived; the caller resumes after it
+            raise
+        if not data:
+            break
+        if not buffer:
+            started = time.monotonic()
+        buffer += data
+        if len(buffer) >= size or time.monotonic() - started >= BATCH_WAIT:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 def content_hasher(entry: FileEntry) -> Any:
@@ -58,6 +89,9 @@ class Fill:
         self.error: HubError | None = None
         self.writer: BlobWriter | None = None
         self._changed = asyncio.Event()
+        # The last few chunks stay in memory so followers close behind the fill (the usual case)
+        # get them without a disk read; memory per fill stays bounded by RECENT_CHUNKS chunks.
+        self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_CHUNKS)
 
     @property
     def done(self) -> bool:
@@ -91,16 +125,48 @@ class Fill:
             self._notify()
 
     async def _download(self, writer: BlobWriter) -> None:
+        """Receive from upstream while a second task hashes and writes, through a small queue.
+
+        The queue overlaps network reads with hashing and disk writes; it holds at most
+        PIPELINE_CHUNKS chunks, so memory stays bounded.
+        """
         entry = self.entry
         hasher = content_hasher(entry)
-        offset = 0
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=PIPELINE_CHUNKS)
+        store = asyncio.create_task(self._store(queue, hasher, writer))
+        try:
+            await self._receive(queue, store)
+            await queue.put(None)
+            await store
+        finally:
+            if not store.done():
+                store.cancel()
+                await asyncio.gather(store, return_exceptions=True)
+        digest = hasher.hexdigest()
+        if digest != entry.etag:
+            raise IntegrityError(
+                f"upstream bytes of {entry.repo.repo_id}/{entry.path} hash to {digest}, expected {entry.etag};"
+                " discarded"
+            )
+
+    async def _store(self, queue: asyncio.Queue[bytes | None], hasher: Any, writer: BlobWriter) -> None:
+        while (chunk := await queue.get()) is not None:
+            # hashlib releases the GIL: hash in a worker while the writer writes.
+            await asyncio.gather(asyncio.to_thread(hasher.update, chunk), writer.write(chunk))
+            self._recent.append((self.written, chunk))
+            self.written += len(chunk)
+            self._notify()
+
+    async def _receive(self, queue: asyncio.Queue[bytes | None], store: asyncio.Task[None]) -> None:
+        entry = self.entry
+        offset = 0  # bytes received (some may still be queued for the store task)
         failures = 0
         while offset < entry.size:
             try:
                 resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, offset)
                 async with resp:
                     skip = offset if resp.status == 200 else 0
-                    async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    async for chunk in batched(resp.content, self.chunk_size):
                         self.upstream_bytes += len(chunk)
                         if skip:
                             dropped = min(skip, len(chunk))
@@ -109,12 +175,11 @@ class Fill:
                                 continue
                         if offset + len(chunk) > entry.size:
                             raise IntegrityError(f"upstream sent more than the {entry.size} bytes of {entry.path}")
-                        hasher.update(chunk)
-                        await writer.write(chunk)
+                        if store.done():
+                            store.result()  # a storage failure ends the fill now
+                        await queue.put(chunk)
                         offset += len(chunk)
-                        self.written = offset
                         failures = 0
-                        self._notify()
                 if offset < entry.size:
                     raise RetryableBodyError("upstream body ended early")
             except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -126,12 +191,6 @@ class Fill:
                 self.resumes += 1
                 log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-        digest = hasher.hexdigest()
-        if digest != entry.etag:
-            raise IntegrityError(
-                f"upstream bytes of {entry.repo.repo_id}/{entry.path} hash to {digest}, expected {entry.etag};"
-                " discarded"
-            )
 
     def _readable(self) -> int:
         if self.verified:
@@ -145,6 +204,12 @@ class Fill:
         if self.error is not None and not self.verified:
             raise self.error
 
+    def _from_memory(self, pos: int, limit: int) -> bytes:
+        for offset, chunk in self._recent:
+            if offset <= pos < offset + len(chunk):
+                return chunk[pos - offset : limit - offset] if pos < limit else b""
+        return b""
+
     async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) as they become available and safe to send."""
         pos = start
@@ -156,6 +221,11 @@ class Fill:
             if self.error is not None:
                 raise self.error
             limit = self._readable()
+            recent = self._from_memory(pos, min(limit, end))
+            if recent:
+                pos += len(recent)
+                yield recent
+                continue
             if pos < limit and self.writer is not None:
                 changed = self._changed
                 try:
