@@ -61,7 +61,10 @@ def serve(args: argparse.Namespace) -> int:
         config.cache_dir.resolve(),
     )
     try:
-        web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+        # In-flight downloads get a short grace period on shutdown, well inside common orchestrator limits.
+        web.run_app(
+            create_app(config), host=config.server.host, port=config.server.port, print=None, shutdown_timeout=10
+        )
     except OSError as exc:
         print(f"hub-mirror: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
         return 1

@@ -20,10 +20,12 @@ fi
 
 # huggingface_hub 0.36 (the last 0.x) for the old-client conformance tests.
 OLD_VENV=${HUB_MIRROR_OLD_HF_VENV:-$PWD/.venv-hf-old}
-if [ ! -x "$OLD_VENV/bin/python" ] || ! "$OLD_VENV/bin/python" -c "import huggingface_hub" 2>/dev/null; then
-  "$PY" -m venv "$OLD_VENV"
+# hf-xet is removed: that client must download over plain HTTP, as on platforms without it.
+if ! "$OLD_VENV/bin/python" -c "import huggingface_hub as h; assert h.__version__ == '0.36.2'" 2>/dev/null; then
+  "$PY" -m venv --clear "$OLD_VENV"
   "$OLD_VENV/bin/python" -m pip install -q "huggingface_hub==0.36.2"
 fi
+"$OLD_VENV/bin/python" -m pip uninstall -y -q hf-xet 2>/dev/null || true
 export HUB_MIRROR_OLD_HF_VENV="$OLD_VENV"
 
 .venv/bin/ruff check mirror tests

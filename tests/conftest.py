@@ -11,8 +11,8 @@ from tests.hubemu.fixtures import hub  # noqa: F401
 from tests.mirror_server import MirrorThread
 
 
-def start_mirror(upstream: str, cache_dir: Path, **sections: dict) -> MirrorThread:
-    overrides = {"upstream": {"url": upstream, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
+def start_mirror(upstream_url: str, cache_dir: Path, **sections: dict) -> MirrorThread:
+    overrides = {"upstream": {"url": upstream_url, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return MirrorThread(load_config(None, overrides, environ={})).start()
