@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,3 +316,32 @@ def test_range_edge_cases(world: World) -> None:
     assert status == 416
     with urllib.request.urlopen(f"{base}/model.safetensors") as resp:
         assert "Content-Range" not in resp.headers and resp.read() == WEIGHTS
+
+
+def test_hf_download_cli(world: World, tmp_path: Path) -> None:
+    hf = Path(sys.executable).parent / "hf"
+    assert hf.exists(), "the hf CLI ships with huggingface_hub"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=world.mirror.url, HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_TELEMETRY="1")
+    target = tmp_path / "local"
+    proc = subprocess.run(
+        [str(hf), "download", "org/tiny", "--local-dir", str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "model.safetensors").read_bytes() == WEIGHTS
+    assert (target / "sub" / "dir" / "notes.txt").read_bytes() == b"nested"
+    proc = subprocess.run(
+        [str(hf), "download", "org/nope", "config.json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0 and "not found" in (proc.stderr + proc.stdout).lower()
+    _assert_never_left_mirror(world)
