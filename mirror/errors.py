@@ -32,6 +32,15 @@ class BadRequest(HubError):
     status = 400
 
 
+class MethodNotAllowed(HubError):
+    status = 405
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(
+            f"{method} is not allowed here; use {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)}
+        )
+
+
 class RangeNotSatisfiable(HubError):
     status = 416
 

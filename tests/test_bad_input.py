@@ -88,9 +88,13 @@ def test_bad_ranges(mirror: MirrorThread, warm: Path, range_header: str, status:
 
 
 def test_wrong_methods(mirror: MirrorThread, warm: Path) -> None:
-    assert raw_request(mirror.url, "POST", "/org/m/resolve/main/w.bin").status == 405
-    assert raw_request(mirror.url, "DELETE", "/api/models/org/m").status == 405
-    assert raw_request(mirror.url, "GET", "/api/models/org/m/paths-info/main").status == 405
+    for method, path in [
+        ("POST", "/org/m/resolve/main/w.bin"),
+        ("DELETE", "/api/models/org/m"),
+        ("GET", "/api/models/org/m/paths-info/main"),
+    ]:
+        resp = raw_request(mirror.url, method, path)
+        assert resp.status == 405 and resp.headers["Allow"] and resp.headers["X-Error-Message"], path
 
 
 def test_unknown_routes_are_404(mirror: MirrorThread, warm: Path) -> None:

@@ -12,7 +12,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from mirror.errors import BadRequest, NotFound, UpstreamUnavailable
+from mirror.errors import BadRequest, MethodNotAllowed, NotFound, UpstreamUnavailable
 from mirror.hub import xet
 from mirror.hub.paths import ApiTarget
 from mirror.services import SERVICES, Services
@@ -44,7 +44,7 @@ def canonical_query(request: web.Request, drop: tuple[str, ...] = ()) -> str:
 
 def _require(request: web.Request, *methods: str) -> None:
     if request.method not in methods:
-        raise web.HTTPMethodNotAllowed(request.method, list(methods))
+        raise MethodNotAllowed(request.method, methods)
 
 
 async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mirror.errors import NotFound
+from mirror.errors import MethodNotAllowed, NotFound
 from mirror.hub.api import handle_agent_harnesses, handle_api, handle_whoami
 from mirror.hub.paths import parse_api, parse_resolve
 from mirror.hub.resolve import handle_resolve
@@ -25,7 +25,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if resolve_target is None:
         raise NotFound(f"no route for {raw[:200]}")
     if request.method not in ("GET", "HEAD"):
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        raise MethodNotAllowed(request.method, ("GET", "HEAD"))
     return await handle_resolve(request, resolve_target)
 
 
