@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from mirror.config import Config
-from mirror.errors import StorageError
 from mirror.hub.errors import hub_errors
+from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
+from mirror.metrics import Metrics
+from mirror.ops import add_ops_routes, measure_storage
 from mirror.services import SERVICES, Services
 from mirror.storage import LocalStorage, Storage
 from mirror.upstream import Upstream
@@ -26,34 +29,24 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     storage = build_storage(config)
     await storage.start()
     session = Upstream.new_session(config.upstream)
-    services = Services.build(config, storage, Upstream(config.upstream, session))
+    services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()))
     app[SERVICES] = services
+    measurer = asyncio.create_task(measure_storage(services), name="measure-storage")
     try:
         yield
     finally:
+        measurer.cancel()
+        await asyncio.gather(measurer, return_exceptions=True)
         await services.filler.close()
         await session.close()
         await storage.close()
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    try:
-        await services.storage.check_writable()
-    except StorageError as exc:
-        return web.json_response({"status": "unready", "storage": exc.message}, status=503)
-    return web.json_response({"status": "ready", "storage": "ok"})
-
-
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[hub_errors], client_max_size=16 * 1024 * 1024)
+    # observe is outermost so it sees the status hub_errors produced.
+    app = web.Application(middlewares=[observe, hub_errors], client_max_size=16 * 1024 * 1024)
     app[CONFIG] = config
     app.cleanup_ctx.append(_lifetime)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    add_ops_routes(app)
     add_routes(app)
     return app

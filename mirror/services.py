@@ -13,6 +13,7 @@ from mirror.cache.metadata import Metadata
 from mirror.cache.records import Records
 from mirror.cache.revisions import Revisions
 from mirror.config import Config
+from mirror.metrics import Metrics
 from mirror.policy import AccessPolicy
 from mirror.storage import Storage
 from mirror.upstream import Upstream
@@ -30,14 +31,19 @@ class Services:
     filler: Filler
     blobs: Blobs
     metadata: Metadata
+    metrics: Metrics
+    # (reachable, when) of the last upstream probe made for /readyz.
+    upstream_probe: tuple[bool, float] | None = None
 
     @classmethod
     def build(cls, config: Config, storage: Storage, upstream: Upstream) -> Services:
+        metrics = upstream.metrics or Metrics()
         records = Records(storage)
         policy = AccessPolicy(upstream, records, config.cache.access_ttl)
         revisions = Revisions(upstream, records, config.cache.revision_ttl)
         revisions.observers.append(policy.observe)
-        filler = Filler(storage, upstream, config.cache, config.upstream)
+        filler = Filler(storage, upstream, config.cache, config.upstream, metrics)
+        metrics.track_fills(lambda: filler.in_flight)
         return cls(
             config=config,
             storage=storage,
@@ -49,6 +55,7 @@ class Services:
             filler=filler,
             blobs=Blobs(storage, filler),
             metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl),
+            metrics=metrics,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from mirror.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from mirror.metrics import Metrics, observe_upstream
 from mirror.repo import RepoRef
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,9 @@ async def error_from_response(resp: aiohttp.ClientResponse, body: bytes | None =
 
 
 class Upstream:
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.base = config.url.rstrip("/")
         self.origin = origin_of(self.base)
         self.session = session
@@ -146,6 +149,8 @@ class Upstream:
         is returned, since it is what carries the Hub's metadata headers.
         """
         for _ in range(MAX_REDIRECTS + 1):
+            kind = "api" if "/api/" in urlsplit(url).path else ("head" if method == "HEAD" else "body")
+            started = time.monotonic()
             try:
                 resp = await self.session.request(
                     method,
@@ -155,7 +160,9 @@ class Upstream:
                     allow_redirects=False,
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                observe_upstream(self.metrics, kind, None, started)
                 raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+            observe_upstream(self.metrics, kind, resp.status, started)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp

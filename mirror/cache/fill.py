@@ -22,6 +22,7 @@ import aiohttp
 from mirror.cache.entries import FileEntry
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
+from mirror.metrics import Metrics, current_stats
 from mirror.storage import BlobWriter, Storage
 from mirror.upstream import RetryableBodyError, Upstream
 
@@ -75,8 +76,10 @@ class Fill:
         upstream: Upstream,
         chunk_size: int,
         resume_attempts: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.entry = entry
+        self.metrics = metrics
         self.token = token
         self.storage = storage
         self.upstream = upstream
@@ -168,6 +171,8 @@ class Fill:
                     skip = offset if resp.status == 200 else 0
                     async for chunk in batched(resp.content, self.chunk_size):
                         self.upstream_bytes += len(chunk)
+                        if self.metrics is not None:
+                            self.metrics.upstream_bytes.inc(len(chunk))
                         if skip:
                             dropped = min(skip, len(chunk))
                             chunk, skip = chunk[dropped:], skip - dropped
@@ -189,6 +194,8 @@ class Fill:
                         f"upstream transfer of {entry.path} failed {failures} times in a row: {exc}"
                     ) from exc
                 self.resumes += 1
+                if self.metrics is not None:
+                    self.metrics.fill_resumes.inc()
                 log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
@@ -246,7 +253,15 @@ class Fill:
 class Filler:
     """Starts and tracks fills; at most one per blob key."""
 
-    def __init__(self, storage: Storage, upstream: Upstream, cache: CacheConfig, upstream_cfg: UpstreamConfig):
+    def __init__(
+        self,
+        storage: Storage,
+        upstream: Upstream,
+        cache: CacheConfig,
+        upstream_cfg: UpstreamConfig,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.storage = storage
         self.upstream = upstream
         self.cache = cache
@@ -261,6 +276,9 @@ class Filler:
         fill = self._fills.get(entry.blob_key)
         if fill is not None:
             self.coalesced += 1
+            stats = current_stats()
+            if stats is not None:
+                stats.joined_fill = True
             return fill
         fill = Fill(
             entry,
@@ -269,6 +287,7 @@ class Filler:
             self.upstream,
             self.cache.chunk_size,
             self.upstream_cfg.resume_attempts,
+            self.metrics,
         )
         self._fills[entry.blob_key] = fill
         self.started += 1
@@ -278,14 +297,21 @@ class Filler:
         return fill
 
     async def _run(self, fill: Fill) -> None:
+        started = time.monotonic()
         try:
             await fill.run()
         finally:
             key = fill.entry.blob_key
             if self._fills.get(key) is fill:
                 del self._fills[key]
-            if isinstance(fill.error, IntegrityError):
+            integrity = isinstance(fill.error, IntegrityError)
+            if integrity:
                 self._poisoned[key] = time.monotonic()
+            if self.metrics is not None:
+                outcome = "ok" if fill.verified else ("integrity" if integrity else "error")
+                self.metrics.fill_duration.labels(outcome).observe(time.monotonic() - started)
+                if integrity:
+                    self.metrics.hash_mismatches.inc()
 
     def recently_failed_verification(self, blob_key: str) -> bool:
         at = self._poisoned.get(blob_key)

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from mirror.metrics import current_stats
+
 V = TypeVar("V")
 
 
@@ -22,6 +24,9 @@ class SingleFlight(Generic[V]):
             future.add_done_callback(lambda f: self._forget(key, f))
         else:
             self.coalesced += 1
+            stats = current_stats()
+            if stats is not None:
+                stats.coalesced = True
         # shield: one caller going away must not cancel the work the others wait for.
         return await asyncio.shield(future)
 

@@ -19,6 +19,7 @@ from mirror.cache.blobs import BlobBody
 from mirror.cache.entries import FileEntry
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range
+from mirror.metrics import current_stats
 from mirror.services import SERVICES
 from mirror.tokens import bearer_token
 
@@ -77,6 +78,9 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
 
     body = await services.blobs.open(entry, token, start, end)
     headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
+    stats = current_stats()
+    if stats is not None:
+        stats.cache = "hit" if body.source == "cache" else ("coalesced" if stats.joined_fill else "miss")
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await send_body(request, response, body, start, end)
@@ -84,11 +88,16 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
 
 
 async def send_body(request: web.Request, response: web.StreamResponse, body: BlobBody, start: int, end: int) -> None:
+    served = request.app[SERVICES].metrics.bytes_served.labels(body.source)
+    stats = current_stats()
     if body.path is not None:
         # Opened before the headers go out, so a vanished file is still an error status.
         with open(body.path, "rb") as handle:
             await response.prepare(request)
             await _sendfile(request, response, handle, start, end)
+        served.inc(end - start)
+        if stats is not None:
+            stats.bytes_sent += end - start
         await response.write_eof()
         return
     assert body.chunks is not None
@@ -96,6 +105,9 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
     try:
         async for chunk in body.chunks:
             await response.write(chunk)
+            served.inc(len(chunk))
+            if stats is not None:
+                stats.bytes_sent += len(chunk)
     except Exception as exc:
         # Headers are gone already: the only honest signal left is to cut the connection, so the
         # client sees a short body (and retries) rather than a complete wrong one.

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from mirror.errors import MethodNotAllowed, NotFound
 from mirror.hub.api import handle_agent_harnesses, handle_api, handle_whoami
+from mirror.hub.observe import REPO_TYPE, ROUTE
 from mirror.hub.paths import parse_api, parse_resolve
 from mirror.hub.resolve import handle_resolve
 
@@ -13,6 +14,7 @@ from mirror.hub.resolve import handle_resolve
 async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = request.rel_url.raw_path
     if raw.startswith("/api/"):
+        request[ROUTE] = "api_other"
         if raw == "/api/whoami-v2":
             return await handle_whoami(request)
         if raw == "/api/agent-harnesses":
@@ -20,10 +22,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         api_target = parse_api(raw)
         if api_target is None:
             raise NotFound(f"unknown API path {raw[:200]}")
+        request[ROUTE] = f"api_{api_target.op.replace('-', '_')}"
+        request[REPO_TYPE] = api_target.repo.repo_type
         return await handle_api(request, api_target)
     resolve_target = parse_resolve(raw)
     if resolve_target is None:
         raise NotFound(f"no route for {raw[:200]}")
+    request[ROUTE] = "resolve"
+    request[REPO_TYPE] = resolve_target.repo.repo_type
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(request.method, ("GET", "HEAD"))
     return await handle_resolve(request, resolve_target)

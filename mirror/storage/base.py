@@ -27,6 +27,25 @@ class StorageUnavailable(StorageError):
     """The backend failed (disk full, permission, store down); nothing was half-published."""
 
 
+class WindowPassed(StorageError):
+    """`read_written` was asked for bytes the writer no longer holds.
+
+    Backends that cannot read an unpublished object back (S3: parts of an unfinished multipart
+    upload are not readable) keep only a bounded window of the most recent bytes in memory. A
+    follower further behind than that must get those bytes elsewhere (the published object once
+    the writer commits, or its own upstream request); retrying `read_written` cannot succeed.
+    """
+
+    def __init__(self, key: str, offset: int, window_start: int) -> None:
+        super().__init__(
+            f"storage writer of {key}: bytes from {offset} are no longer held in memory"
+            f" (the window starts at {window_start})"
+        )
+        self.key = key
+        self.offset = offset
+        self.window_start = window_start
+
+
 def check_key(key: str) -> str:
     if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
         raise ValueError(f"invalid storage key {key!r}")
@@ -104,6 +123,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def check_writable(self) -> None:
         """Raise StorageUnavailable unless an object can be written and read back now."""
+
+    async def usage(self, prefix: str) -> tuple[int, int]:
+        """(object count, total bytes) under a prefix. Backends may override with something cheaper."""
+        count = total = 0
+        async for key in self.list(prefix):
+            info = await self.stat(key)
+            if info is not None:
+                count += 1
+                total += info.size
+        return count, total
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path of the published object, when the backend has one (sendfile)."""

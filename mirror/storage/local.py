@@ -203,6 +203,22 @@ class LocalStorage(Storage):
             if key.startswith(prefix):
                 yield key
 
+    async def usage(self, prefix: str) -> tuple[int, int]:
+        folder = self.objects / check_key(prefix.rstrip("/"))
+
+        def walk() -> tuple[int, int]:
+            count = total = 0
+            for root, _, files in os.walk(folder):
+                for name in files:
+                    try:
+                        total += os.stat(os.path.join(root, name)).st_size
+                        count += 1
+                    except FileNotFoundError:
+                        pass  # removed while we walked
+            return count, total
+
+        return await asyncio.to_thread(walk)
+
     async def check_writable(self) -> None:
         key = f"health/{uuid.uuid4().hex}"
         try:

@@ -1,0 +1,79 @@
+"""Per-request observation: request metrics, cache-result metrics and one access-log line.
+
+Handlers mark what they learn on the request (route kind, repo type) and on the RequestStats in
+the context (upstream calls, coalescing, bytes); this middleware turns it into metrics and a log
+line. The Authorization header and query strings are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from mirror.metrics import CURRENT_REQUEST, RequestStats, status_class
+from mirror.services import SERVICES
+
+access_log = logging.getLogger("mirror.access")
+
+ROUTE = web.RequestKey("route", str)
+REPO_TYPE = web.RequestKey("repo_type", str)
+OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    stats = RequestStats()
+    token = CURRENT_REQUEST.set(stats)
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        CURRENT_REQUEST.reset(token)
+        _record(request, stats, status, time.monotonic() - started)
+
+
+def _record(request: web.Request, stats: RequestStats, status: int, duration: float) -> None:
+    metrics = request.app[SERVICES].metrics
+    route = request.get(ROUTE) or OPS_ROUTES.get(request.path, "other")
+    metrics.requests.labels(
+        route, request.method if request.method in ("GET", "HEAD", "POST") else "other", status_class(status)
+    ).inc()
+    metrics.request_duration.labels(route).observe(duration)
+    cache = None
+    if status < 400 and (route == "resolve" or route.startswith("api_")):
+        kind = "blob" if route == "resolve" and request.method == "GET" else "metadata"
+        cache = stats.cache_result()
+        metrics.cache_lookups.labels(kind, cache).inc()
+    access_log.info(
+        "%s %s %d %dB %.1fms cache=%s upstream=%.1fms",
+        request.method,
+        request.path,
+        status,
+        stats.bytes_sent,
+        duration * 1000,
+        cache or "-",
+        stats.upstream_seconds * 1000,
+        extra={
+            "http": {
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "bytes": stats.bytes_sent,
+                "duration_ms": round(duration * 1000, 3),
+                "cache": cache,
+                "upstream_ms": round(stats.upstream_seconds * 1000, 3),
+                "upstream_calls": stats.upstream_calls,
+                "route": route,
+                "repo_type": request.get(REPO_TYPE),
+                "remote": request.remote,
+            }
+        },
+    )

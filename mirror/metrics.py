@@ -1,0 +1,131 @@
+"""Every metric the mirror exports, registered in one place (its own registry, no global state).
+
+Labels are low-cardinality by construction: route kinds, status classes, repo types, cache
+results, outcomes. Never a repo id or a path, so series stay flat whatever clients ask for.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from mirror import __version__
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+FILL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+@dataclass
+class RequestStats:
+    """What one client request caused, collected while it runs (for logs and cache metrics)."""
+
+    upstream_calls: int = 0
+    upstream_seconds: float = 0.0
+    coalesced: bool = False  # joined an upstream call already in flight (metadata)
+    joined_fill: bool = False  # joined a blob fill already in flight
+    cache: str | None = None  # set explicitly by handlers that know better (blob hits/misses)
+    bytes_sent: int = 0
+
+    def cache_result(self) -> str:
+        if self.cache:
+            return self.cache
+        if self.coalesced:
+            return "coalesced"
+        return "miss" if self.upstream_calls else "hit"
+
+
+CURRENT_REQUEST: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar("request_stats", default=None)
+
+
+def current_stats() -> RequestStats | None:
+    return CURRENT_REQUEST.get()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Info("hub_mirror_build", "hub-mirror build information", registry=r)
+        self.build_info.info({"version": __version__})
+        self.requests = Counter(
+            "hub_mirror_requests_total",
+            "Client requests by route kind and status class",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "hub_mirror_request_duration_seconds",
+            "Time to answer a client request (whole body sent)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "hub_mirror_cache_lookups_total",
+            "Cache lookups by kind (blob, metadata) and result (hit, miss, coalesced)",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.bytes_served = Counter(
+            "hub_mirror_bytes_served_total",
+            "File bytes sent to clients by source (cache, fill)",
+            ["source"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "hub_mirror_upstream_requests_total",
+            "Requests to upstream by kind (api, head, body) and status class",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.upstream_bytes = Counter(
+            "hub_mirror_upstream_bytes_total", "File bytes received from upstream by fills", registry=r
+        )
+        self.fill_duration = Histogram(
+            "hub_mirror_fill_duration_seconds",
+            "Duration of blob fills by outcome (ok, integrity, error)",
+            ["outcome"],
+            buckets=FILL_BUCKETS,
+            registry=r,
+        )
+        self.fill_resumes = Counter(
+            "hub_mirror_fill_resumes_total", "Upstream transfers resumed with Range after a drop", registry=r
+        )
+        self.hash_mismatches = Counter(
+            "hub_mirror_hash_mismatches_total",
+            "Fills discarded because bytes did not match their hash or size",
+            registry=r,
+        )
+        self.fills_in_flight = Gauge("hub_mirror_fills_in_flight", "Blob fills in progress", registry=r)
+        self.storage_bytes = Gauge(
+            "hub_mirror_storage_bytes", "Bytes of published blobs in storage", ["backend"], registry=r
+        )
+        self.storage_blobs = Gauge("hub_mirror_storage_blobs", "Published blobs in storage", ["backend"], registry=r)
+        self.storage_scan_timestamp = Gauge(
+            "hub_mirror_storage_scan_timestamp_seconds", "When storage usage was last measured", registry=r
+        )
+        self.upstream_up = Gauge(
+            "hub_mirror_upstream_up", "1 if the last upstream reachability probe succeeded", registry=r
+        )
+
+    def track_fills(self, count: Callable[[], int]) -> None:
+        self.fills_in_flight.set_function(count)
+
+
+def observe_upstream(metrics: Metrics | None, kind: str, status: int | None, started: float) -> None:
+    """Record one upstream request, for the metrics and for the client request that caused it."""
+    elapsed = time.monotonic() - started
+    if metrics is not None:
+        metrics.upstream_requests.labels(kind, status_class(status) if status else "error").inc()
+    stats = CURRENT_REQUEST.get()
+    if stats is not None:
+        stats.upstream_calls += 1
+        stats.upstream_seconds += elapsed

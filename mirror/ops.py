@@ -1,0 +1,88 @@
+"""Operations endpoints and background measurements: /healthz, /readyz, /metrics, storage usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mirror.errors import StorageError
+from mirror.services import SERVICES, Services
+
+log = logging.getLogger(__name__)
+
+STORAGE_SCAN_INTERVAL = 60.0
+UPSTREAM_PROBE_TTL = 10.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when storage is reachable and writable; upstream is reported, not required.
+
+    Cached data keeps being served while upstream is down, so taking the mirror out of a load
+    balancer for an upstream outage would only make things worse.
+    """
+    services = request.app[SERVICES]
+    body: dict[str, object] = {"config": "loaded", "storage_backend": services.storage.name}
+    try:
+        await services.storage.check_writable()
+        body["storage"] = "ok"
+        ready = True
+    except StorageError as exc:
+        body["storage"] = exc.message
+        ready = False
+    body["upstream"] = "reachable" if await upstream_reachable(services) else "unreachable"
+    body["status"] = "ready" if ready else "unready"
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def upstream_reachable(services: Services) -> bool:
+    """A cheap probe of the upstream origin, remembered for a few seconds."""
+    now = time.monotonic()
+    cached = services.upstream_probe
+    if cached is not None and now - cached[1] < UPSTREAM_PROBE_TTL:
+        return cached[0]
+    try:
+        async with services.upstream.session.get(
+            services.upstream.url("/api/agent-harnesses"),
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=3),
+        ) as resp:
+            reachable = resp.status < 500
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        reachable = False
+    services.upstream_probe = (reachable, now)
+    services.metrics.upstream_up.set(1 if reachable else 0)
+    return reachable
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[SERVICES].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def measure_storage(services: Services) -> None:
+    """Keep the storage gauges current; a scan of the blob store every minute."""
+    while True:
+        try:
+            count, total = await services.storage.usage("blobs/")
+            services.metrics.storage_blobs.labels(services.storage.name).set(count)
+            services.metrics.storage_bytes.labels(services.storage.name).set(total)
+            services.metrics.storage_scan_timestamp.set(time.time())
+        except (StorageError, OSError) as exc:
+            log.warning("cannot measure storage usage: %s", exc)
+        await asyncio.sleep(STORAGE_SCAN_INTERVAL)
+
+
+def add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

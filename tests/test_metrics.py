@@ -1,0 +1,155 @@
+"""Metrics, health, readiness and structured logs, checked after real client traffic."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.client import run_client
+from tests.hubemu import HubEmulator
+from tests.mirror_server import MirrorProcess, MirrorThread
+
+DATA = os.urandom(2_000_000)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"{url}/metrics") as resp:
+        text = resp.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_counters_follow_client_traffic(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/m", {"w.safetensors": DATA, "config.json": b"{}"})
+    script = 'out["p"] = hf_hub_download("org/m", "w.safetensors")'
+    first = run_client(mirror.url, script, tmp_path / "a")
+    second = run_client(mirror.url, script, tmp_path / "b")
+    assert Path(first["p"]).read_bytes() == Path(second["p"]).read_bytes() == DATA
+    m = scrape(mirror.url)
+    # Bytes served equal bytes the clients downloaded: one from the fill, one from the cache.
+    assert value(m, "hub_mirror_bytes_served_total", source="fill") == len(DATA)
+    assert value(m, "hub_mirror_bytes_served_total", source="cache") == len(DATA)
+    assert value(m, "hub_mirror_cache_lookups_total", kind="blob", result="miss") == 1
+    assert value(m, "hub_mirror_cache_lookups_total", kind="blob", result="hit") == 1
+    assert value(m, "hub_mirror_upstream_bytes_total") == len(DATA)
+    assert value(m, "hub_mirror_fill_duration_seconds_count", outcome="ok") == 1
+    assert value(m, "hub_mirror_requests_total", route="resolve", method="GET", status="2xx") == 2
+    assert value(m, "hub_mirror_requests_total", route="resolve", method="HEAD", status="2xx") == 2
+    assert value(m, "hub_mirror_upstream_requests_total", kind="body", status="2xx") == 1
+    assert value(m, "hub_mirror_build_info", version="0.1.0") == 1
+    assert value(m, "hub_mirror_fills_in_flight") == 0
+    # Metadata: the first HEAD asked upstream, the second was answered from the cache.
+    assert value(m, "hub_mirror_cache_lookups_total", kind="metadata", result="miss") >= 1
+    assert value(m, "hub_mirror_cache_lookups_total", kind="metadata", result="hit") >= 1
+
+
+def test_coalesced_requests_make_one_upstream_fetch(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"w.safetensors": DATA})
+    hub.faults.throttle(4 * 1024 * 1024)
+    url = f"{mirror.url}/org/m/resolve/main/w.safetensors"
+    with ThreadPoolExecutor(8) as pool:
+        assert all(r == (200, DATA) for r in pool.map(lambda _: get(url), range(8)))
+    m = scrape(mirror.url)
+    assert value(m, "hub_mirror_upstream_bytes_total") == len(DATA)
+    assert value(m, "hub_mirror_upstream_requests_total", kind="body", status="2xx") == 1
+    results = {
+        r: value(m, "hub_mirror_cache_lookups_total", kind="blob", result=r) for r in ("hit", "miss", "coalesced")
+    }
+    assert results["miss"] == 1 and results["coalesced"] >= 1 and sum(results.values()) == 8
+    assert value(m, "hub_mirror_bytes_served_total", source="fill") + value(
+        m, "hub_mirror_bytes_served_total", source="cache"
+    ) == 8 * len(DATA)
+
+
+def test_hash_mismatch_and_resume_are_counted(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"w.safetensors": DATA})
+    hub.faults.drop_after(700_000, path_contains="w.safetensors", times=1)
+    assert get(f"{mirror.url}/org/m/resolve/main/w.safetensors") == (200, DATA)
+    hub.add_repo("model", "org/bad", {"x.safetensors": os.urandom(100_000)})
+    hub.faults.corrupt(path_contains="x.safetensors", offset=10)
+    with pytest.raises(http.client.IncompleteRead):  # the last byte is withheld from bad bytes
+        get(f"{mirror.url}/org/bad/resolve/main/x.safetensors")
+    m = scrape(mirror.url)
+    assert value(m, "hub_mirror_fill_resumes_total") == 1
+    assert value(m, "hub_mirror_hash_mismatches_total") == 1
+    assert value(m, "hub_mirror_fill_duration_seconds_count", outcome="integrity") == 1
+
+
+def test_cardinality_stays_flat_across_distinct_repos(hub: HubEmulator, mirror: MirrorThread) -> None:
+    for i in range(10):
+        get(f"{mirror.url}/org/repo{i}/resolve/main/config.json")
+        get(f"{mirror.url}/api/models/org/repo{i}")
+    scrape(mirror.url)  # the scrape's own series exist from here on
+    before = len(scrape(mirror.url))
+    for i in range(10, 1000):
+        get(f"{mirror.url}/org/repo{i}/resolve/main/config.json")
+        get(f"{mirror.url}/api/models/org/repo{i}")
+    samples = scrape(mirror.url)
+    assert len(samples) == before
+    assert not any("repo5" in v for _, labels in samples for _, v in labels)
+
+
+def test_storage_gauges_and_readiness(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"w.safetensors": DATA})
+    assert get(f"{mirror.url}/org/m/resolve/main/w.safetensors")[0] == 200
+    # The measurer runs every minute; ask for a scan now rather than waiting.
+    services = mirror.services
+    count, total = mirror.call(services.storage.usage("blobs/"))
+    assert (count, total) == (1, len(DATA))
+
+    status, body = get(f"{mirror.url}/readyz")
+    assert status == 200 and json.loads(body)["storage"] == "ok"
+    cache = Path(mirror.config.cache.dir)
+    moved = cache.with_name("moved-away")
+    cache.rename(moved)
+    try:
+        status, body = get(f"{mirror.url}/readyz")
+        assert status == 503 and json.loads(body)["status"] == "unready"
+        assert get(f"{mirror.url}/healthz")[0] == 200, "alive while unready"
+    finally:
+        moved.rename(cache)
+    status, body = get(f"{mirror.url}/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+
+
+def test_json_access_log_line_without_token(hub: HubEmulator, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/m", {"config.json": b"{}"})
+    proc = MirrorProcess("--upstream", hub.url, "--cache-dir", str(tmp_path / "c"), "--log-format", "json")
+    try:
+        proc.wait_ready()
+        secret = "hf_secret_token_never_logged"
+        assert get(f"{proc.url}/org/m/resolve/main/config.json", {"Authorization": f"Bearer {secret}"})[0] == 200
+        assert get(f"{proc.url}/org/m/resolve/main/config.json")[0] == 200
+    finally:
+        output = proc.stop()
+    assert secret not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [
+        line["http"] for line in lines if line["logger"] == "mirror.access" and "/resolve/" in line["http"]["path"]
+    ]
+    assert [a["cache"] for a in access] == ["miss", "hit"]
+    assert access[0]["status"] == 200 and access[0]["bytes"] == 2 and access[0]["upstream_calls"] >= 1
+    assert access[1]["upstream_calls"] == 0 and access[1]["duration_ms"] > 0
