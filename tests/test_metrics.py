@@ -153,3 +153,21 @@ def test_json_access_log_line_without_token(hub: HubEmulator, tmp_path: Path) ->
     assert [a["cache"] for a in access] == ["miss", "hit"]
     assert access[0]["status"] == 200 and access[0]["bytes"] == 2 and access[0]["upstream_calls"] >= 1
     assert access[1]["upstream_calls"] == 0 and access[1]["duration_ms"] > 0
+
+
+def test_dashboard_and_alerts_use_exported_metrics(hub: HubEmulator, mirror: MirrorThread) -> None:
+    """Every hub_mirror_* name in the shipped dashboard and alert rules is one the mirror exports."""
+    import re
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    with urllib.request.urlopen(f"{mirror.url}/metrics") as resp:
+        exported = {f.name for f in text_string_to_metric_families(resp.read().decode())}
+    exported |= {f"{n}_total" for n in exported} | {f"{n}_{s}" for n in exported for s in ("bucket", "count", "sum")}
+    dashboard = json.loads((root / "config" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((root / "config" / "prometheus-alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {name for e in exprs for name in re.findall(r"hub_mirror_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
