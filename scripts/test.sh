@@ -18,6 +18,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
+# The smoke worker's tests load a tiny Qwen3-VL with torch + torchvision. These exact versions come
+# from the machine's local wheel store (others download gigabytes), so skip the step when present.
+if ! .venv/bin/python -c "import torch, torchvision as tv; assert (torch.__version__.split('+')[0], tv.__version__.split('+')[0]) == ('2.14.1', '0.29.1')" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
+.venv/bin/python -m pip install -q -e ".[smoke]"
+
 # huggingface_hub 0.36 (the last 0.x) for the old-client conformance tests.
 OLD_VENV=${HUB_MIRROR_OLD_HF_VENV:-$PWD/.venv-hf-old}
 # hf-xet is removed: that client must download over plain HTTP, as on platforms without it.
