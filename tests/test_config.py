@@ -213,7 +213,7 @@ def test_missing_file(tmp_path: Path) -> None:
         ({"cache": {"revision_ttl": -1}}, r"cache\.revision_ttl must be >= 0"),
         ({"cache": {"chunk_size": 1024}}, r"cache\.chunk_size must be at least 4096"),
         ({"upstream": {"max_connections": 0}}, r"upstream\.max_connections >= 1"),
-        ({"storage": {"backend": "ftp"}}, r"storage\.backend must be 'local', got 'ftp'"),
+        ({"storage": {"backend": "ftp"}}, r"storage\.backend must be 'local' or 's3', got 'ftp'"),
         ({"log": {"format": "xml"}}, r"log\.format must be 'text' or 'json'"),
     ],
 )

@@ -1,0 +1,338 @@
+"""The mirror on the S3 backend, against a real object store (SeaweedFS) and the Hub emulator.
+
+Cold and warm downloads through urllib and the real huggingface_hub client, two replicas sharing
+one bucket, and the object store killed mid-fill and brought back while the mirror keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirror.cache import keys
+from mirror.config import ConfigError, load_config
+from mirror.storage.s3 import MIN_PART_SIZE
+from tests.client import run_client
+from tests.conftest import start_mirror
+from tests.hubemu import HubEmulator, sha256_hex
+from tests.mirror_server import MirrorProcess, MirrorThread
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+
+BUCKET = "hub-mirror"
+MIB = 1024 * 1024
+# Over one part, so the fill goes through a multipart upload; the small one is a single PUT.
+BIG = os.urandom(MIN_PART_SIZE + MIB + 123)
+SMALL = os.urandom(300_000)
+CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mirror takes credentials from the standard AWS chain: here, the environment only."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def s3_mirror(hub: HubEmulator, server: S3Server, tmp_path: Path, prefix: str, **settings: Any) -> MirrorThread:
+    storage = {
+        "backend": "s3",
+        "s3_endpoint": server.endpoint,
+        "s3_bucket": BUCKET,
+        "s3_prefix": prefix,
+        "s3_part_size": MIN_PART_SIZE,
+        **settings,
+    }
+    return start_mirror(hub.url, tmp_path / f"work-{uuid.uuid4().hex[:8]}", storage=storage)
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def object_keys(server: S3Server, prefix: str) -> list[str]:
+    page = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
+    return [item["Key"][len(prefix) + 1 :] for item in page.get("Contents", [])]
+
+
+def unfinished_uploads(server: S3Server, prefix: str) -> list[str]:
+    page = server.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/")
+    return [upload["Key"] for upload in page.get("Uploads", [])]
+
+
+def cdn_gets(hub: HubEmulator) -> int:
+    return hub.count(method="GET", origin="cdn")
+
+
+def test_cold_and_warm_downloads_through_s3(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/s3", {"a.safetensors": BIG, "b.safetensors": SMALL, "config.json": CONFIG})
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    mirror = s3_mirror(hub, s3, tmp_path, prefix)
+    try:
+        url = f"{mirror.url}/org/s3/resolve/main"
+        # a.safetensors: cold through urllib, warm through huggingface_hub.
+        status, body, headers = fetch(f"{url}/a.safetensors")
+        assert (status, body == BIG) == (200, True)
+        assert headers["X-Linked-Etag"].strip('"') == sha256_hex(BIG)
+        assert cdn_gets(hub) == 1
+        status, body, _ = fetch(f"{url}/a.safetensors")
+        assert (status, body == BIG, cdn_gets(hub)) == (200, True, 1)
+        # A range across the boundary of the first multipart part.
+        first, last = MIN_PART_SIZE - 10, MIN_PART_SIZE + 9
+        status, body, headers = fetch(f"{url}/a.safetensors", {"Range": f"bytes={first}-{last}"})
+        assert (status, body) == (206, BIG[first : last + 1])
+        assert headers["Content-Range"] == f"bytes {first}-{last}/{len(BIG)}"
+
+        # b.safetensors and config.json: cold through huggingface_hub, warm through urllib.
+        out = run_client(
+            mirror.url,
+            """
+            out["a"] = hf_hub_download("org/s3", "a.safetensors")
+            out["b"] = hf_hub_download("org/s3", "b.safetensors")
+            out["c"] = hf_hub_download("org/s3", "config.json")
+            """,
+            tmp_path / "hf",
+        )
+        assert Path(out["a"]).read_bytes() == BIG
+        assert Path(out["b"]).read_bytes() == SMALL
+        assert Path(out["c"]).read_bytes() == CONFIG
+        assert cdn_gets(hub) == 2  # only b.safetensors was new (config.json comes from the Hub origin)
+        assert fetch(f"{url}/b.safetensors")[:2] == (200, SMALL)
+        assert fetch(f"{url}/config.json")[:2] == (200, CONFIG)
+        assert cdn_gets(hub) == 2
+
+        stored = object_keys(s3, prefix)
+        assert keys.blob_key(sha256_hex(BIG)) in stored and keys.blob_key(sha256_hex(SMALL)) in stored
+        assert unfinished_uploads(s3, prefix) == []
+        assert fetch(f"{mirror.url}/readyz")[0] == 200
+    finally:
+        mirror.stop()
+
+
+def test_two_replicas_share_one_bucket(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/shared", {"w.safetensors": BIG, "notes.txt": b"plain file"})
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    first, second = s3_mirror(hub, s3, tmp_path, prefix), s3_mirror(hub, s3, tmp_path, prefix)
+    try:
+        for name, data in (("w.safetensors", BIG), ("notes.txt", b"plain file")):
+            assert fetch(f"{first.url}/org/shared/resolve/main/{name}")[:2] == (200, data)
+        cdn, heads = cdn_gets(hub), hub.count(method="HEAD", path_contains="/resolve/")
+        assert cdn == 1
+        # The second replica finds the file entries and the blobs the first one stored: it asks
+        # upstream only which commit main is, never for a file's metadata or bytes.
+        for name, data in (("w.safetensors", BIG), ("notes.txt", b"plain file")):
+            assert fetch(f"{second.url}/org/shared/resolve/main/{name}")[:2] == (200, data)
+        out = run_client(second.url, 'out["w"] = hf_hub_download("org/shared", "w.safetensors")', tmp_path / "hf")
+        assert Path(out["w"]).read_bytes() == BIG
+        assert cdn_gets(hub) == cdn
+        assert hub.count(method="HEAD", path_contains="/resolve/") == heads
+        assert second.services.filler.started == 0
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_concurrent_cold_fills_on_two_replicas_publish_one_whole_blob(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path
+) -> None:
+    hub.add_repo("model", "org/race", {"w.safetensors": BIG})
+    hub.faults.throttle(8 * MIB)  # both fills overlap
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    mirrors = [s3_mirror(hub, s3, tmp_path, prefix) for _ in range(2)]
+    try:
+        results: list[Any] = [None, None]
+
+        def get(i: int) -> None:
+            results[i] = fetch(f"{mirrors[i].url}/org/race/resolve/main/w.safetensors")[:2]
+
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == [(200, BIG), (200, BIG)]
+        # Without a cross-replica lease each replica may fetch once; the last upload completed wins
+        # whole, and neither leaves an unfinished upload behind.
+        assert cdn_gets(hub) <= 2
+        body = s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{keys.blob_key(sha256_hex(BIG))}")["Body"].read()
+        assert body == BIG
+        assert unfinished_uploads(s3, prefix) == []
+    finally:
+        for mirror in mirrors:
+            mirror.stop()
+
+
+def _ready(mirror: MirrorThread) -> tuple[int, dict[str, Any]]:
+    status, body, _ = fetch(f"{mirror.url}/readyz")
+    return status, json.loads(body)
+
+
+def test_object_store_killed_mid_fill_and_restarted(hub: HubEmulator, tmp_path: Path) -> None:
+    big = os.urandom(3 * MIN_PART_SIZE)
+    hub.add_repo("model", "org/crash", {"w.safetensors": big})
+    hub.faults.throttle(6 * MIB)  # about 2.5 s for the whole file: time to kill the store mid-way
+    server = S3Server(tmp_path / "seaweedfs").start()
+    prefix = "crash"
+    mirror = None
+    try:
+        server.create_bucket(BUCKET)
+        mirror = s3_mirror(hub, server, tmp_path, prefix)
+        url = f"{mirror.url}/org/crash/resolve/main/w.safetensors"
+        blob = keys.blob_key(sha256_hex(big))
+
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == str(len(big))
+            # Past the first part, so the fill is in the middle of a multipart upload.
+            received = resp.read(MIN_PART_SIZE + MIB)
+            server.kill()
+            # The fill fails at its next S3 call and the mirror cuts the body: the client sees
+            # fewer bytes than announced, and can never complete a download from a failed fill.
+            with contextlib.suppress(http.client.IncompleteRead, ConnectionError):
+                while chunk := resp.read(MIB):
+                    received += chunk
+        assert len(received) < len(big)
+
+        # While the store is down: clear 5xx, for the blob and for readiness.
+        status, body, headers = fetch(url)
+        assert status == 503, body
+        assert "s3 storage" in headers.get("X-Error-Message", "")
+        status, ready = _ready(mirror)
+        assert status == 503 and "s3 storage" in ready["storage"]
+
+        server.start()
+        deadline = time.monotonic() + 30
+        while _ready(mirror)[0] != 200:
+            assert time.monotonic() < deadline, "the mirror did not recover after the store came back"
+            time.sleep(0.2)
+        # Nothing was half-published. The fill's upload could not be aborted while the store was
+        # down, so it is still listed as unfinished (invisible to readers) ...
+        assert blob not in object_keys(server, prefix)
+        assert unfinished_uploads(server, prefix) == [f"{prefix}/{blob}"]
+
+        # The same mirror process, without a restart, fills and serves the file again.
+        hub.faults.clear()
+        assert fetch(url)[:2] == (200, big)
+        assert blob in object_keys(server, prefix)
+        assert fetch(url)[:2] == (200, big)
+
+        # ... until a start that finds it older than storage.s3_stale_upload_age aborts it.
+        mirror.stop()
+        mirror = s3_mirror(hub, server, tmp_path, prefix, s3_stale_upload_age=0)
+        assert unfinished_uploads(server, prefix) == []
+        assert fetch(f"{mirror.url}/org/crash/resolve/main/w.safetensors")[:2] == (200, big)
+    finally:
+        if mirror is not None:
+            mirror.stop()
+        server.close()
+
+
+def test_serve_flags_select_the_s3_backend(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/cli", {"w.safetensors": SMALL})
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    process = MirrorProcess(
+        "--upstream",
+        hub.url,
+        "--cache-dir",
+        str(tmp_path / "work"),
+        "--storage",
+        "s3",
+        "--s3-endpoint",
+        s3.endpoint,
+        "--s3-bucket",
+        BUCKET,
+        "--s3-prefix",
+        prefix,
+        "--s3-region",
+        "us-east-1",
+    ).wait_ready()
+    try:
+        assert fetch(f"{process.url}/org/cli/resolve/main/w.safetensors")[:2] == (200, SMALL)
+        assert keys.blob_key(sha256_hex(SMALL)) in object_keys(s3, prefix)
+        assert not (tmp_path / "work" / "objects").exists()  # nothing went to the local backend
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ({"backend": "s3"}, "storage.s3_bucket is required"),
+        ({"backend": "s3", "s3_bucket": "Bad_Bucket"}, "not a valid bucket name"),
+        ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_endpoint": "minio:9000"}, "storage.s3_endpoint"),
+        ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_prefix": "a/../b"}, "storage.s3_prefix"),
+        ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_part_size": 1024}, "storage.s3_part_size"),
+        ({"backend": "gcs"}, "storage.backend must be 'local' or 's3'"),
+    ],
+)
+def test_invalid_s3_settings_are_rejected(storage: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"storage": storage}, environ={})
+
+
+def test_s3_settings_from_environment() -> None:
+    config = load_config(
+        None,
+        None,
+        environ={
+            "HUB_MIRROR_STORAGE_BACKEND": "s3",
+            "HUB_MIRROR_STORAGE_S3_BUCKET": "hub-cache",
+            "HUB_MIRROR_STORAGE_S3_PREFIX": "/mirrors/prod/",
+            "HUB_MIRROR_STORAGE_S3_PART_SIZE": str(16 * MIB),
+        },
+    )
+    storage = config.storage
+    assert (storage.backend, storage.s3_bucket, storage.s3_prefix) == ("s3", "hub-cache", "mirrors/prod")
+    assert storage.s3_part_size == 16 * MIB
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fill.py does not handle WindowPassed yet: a follower further behind an S3 fill than the writer's"
+    " in-memory window has its body cut (see docs/s3.md); remove this mark once it does",
+)
+def test_late_follower_of_an_s3_fill_gets_every_byte(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    big = os.urandom(4 * MIN_PART_SIZE)
+    hub.add_repo("model", "org/late", {"w.safetensors": big})
+    hub.faults.throttle(10 * MIB)  # about 2 s for the whole file
+    mirror = s3_mirror(hub, s3, tmp_path, f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        url = f"{mirror.url}/org/late/resolve/main/w.safetensors"
+        with urllib.request.urlopen(url, timeout=60) as first:
+            head = first.read(2 * MIN_PART_SIZE + MIB)  # the fill is now more than a part past byte 0
+            status, body, _ = fetch(url)
+            rest = first.read()
+        assert head + rest == big
+        assert (status, len(body), body == big) == (200, len(big), True)
+    finally:
+        mirror.stop()
