@@ -116,6 +116,25 @@ class Metrics:
             "hub_mirror_upstream_up", "1 if the last upstream reachability probe succeeded", registry=r
         )
 
+        self.allowlist_denials = Counter(
+            "hub_mirror_allowlist_denials_total", "Requests refused because the repo is not on the allow-list",
+            ["repo_type"], registry=r,
+        )
+        self.sync_runs = Counter(
+            "hub_mirror_sync_runs_total", "Sync jobs finished, by outcome (succeeded, failed)", ["outcome"], registry=r
+        )
+        self.sync_last_success = Gauge(
+            "hub_mirror_sync_last_success_timestamp_seconds",
+            "When each allow-list entry last synced completely (label: entry id; bounded by the allow-list)",
+            ["entry"], registry=r,
+        )
+        self.sync_bytes = Counter(
+            "hub_mirror_sync_bytes_total", "Bytes downloaded into the cache by sync jobs", registry=r
+        )
+        self.scheduler_leader = Gauge(
+            "hub_mirror_sync_scheduler_leader", "1 while this replica holds the scheduler lease", registry=r
+        )
+
     def track_fills(self, count: Callable[[], int]) -> None:
         self.fills_in_flight.set_function(count)
 

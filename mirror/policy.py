@@ -46,6 +46,11 @@ class AccessPolicy:
         self._probe: SingleFlight[str] = SingleFlight()
         self._verify: SingleFlight[HubError | None] = SingleFlight()
 
+    def forget(self, repo: RepoRef) -> None:
+        self._visibility.pop(repo, None)
+        for key in [k for k in self._decisions if k[1] == repo]:
+            del self._decisions[key]
+
     async def observe(self, repo: RepoRef, info: dict[str, Any]) -> None:
         """Learn visibility from repo info fetched for any caller."""
         await self._record(repo, visibility_of(info))

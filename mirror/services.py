@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from mirror.admin.allowlist import AllowList
 from mirror.cache.blobs import Blobs
 from mirror.cache.entries import Entries
 from mirror.cache.fill import Filler
@@ -16,6 +17,7 @@ from mirror.config import Config
 from mirror.metrics import Metrics
 from mirror.policy import AccessPolicy
 from mirror.storage import Storage
+from mirror.sync.pins import Pins
 from mirror.upstream import Upstream
 
 
@@ -32,6 +34,8 @@ class Services:
     blobs: Blobs
     metadata: Metadata
     metrics: Metrics
+    allowlist: AllowList
+    pins: Pins
     # (reachable, when) of the last upstream probe made for /readyz.
     upstream_probe: tuple[bool, float] | None = None
 
@@ -42,6 +46,13 @@ class Services:
         policy = AccessPolicy(upstream, records, config.cache.access_ttl)
         revisions = Revisions(upstream, records, config.cache.revision_ttl)
         revisions.observers.append(policy.observe)
+        allowlist = AllowList(
+            records,
+            enforce=config.policy.enforce_allowlist,
+            on_deny=lambda repo: metrics.allowlist_denials.labels(repo.repo_type).inc(),
+        )
+        pins = Pins(records, allowlist)
+        revisions.pins = pins
         filler = Filler(storage, upstream, config.cache, config.upstream, metrics)
         metrics.track_fills(lambda: filler.in_flight)
         return cls(
@@ -56,6 +67,8 @@ class Services:
             blobs=Blobs(storage, filler),
             metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl),
             metrics=metrics,
+            allowlist=allowlist,
+            pins=pins,
         )
 
 

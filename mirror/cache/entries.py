@@ -80,6 +80,10 @@ class Entries:
         self._remember((repo, commit, path), entry)
         return entry
 
+    def forget(self, repo: RepoRef) -> None:
+        for key in [k for k in self._memory if k[0] == repo]:
+            del self._memory[key]
+
     def _remember(self, key: tuple[RepoRef, str, str], entry: FileEntry | None) -> None:
         self._memory[key] = entry
         if len(self._memory) > MEMORY_ENTRIES:

@@ -10,6 +10,7 @@ until the blob is verified, so no client can complete a download of bytes that f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -203,6 +204,12 @@ class Fill:
         if self.verified:
             return self.entry.size
         return max(0, min(self.written, self.entry.size - 1))
+
+    async def wait_progress(self, timeout: float) -> None:
+        """Return when more bytes arrived or the fill ended (or after `timeout` seconds)."""
+        if not self.done:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def wait_readable(self, start: int) -> None:
         """Wait until a byte at `start` can be served, or the fill has ended."""

@@ -56,6 +56,10 @@ class Metadata:
         self._flight: SingleFlight[Any] = SingleFlight()
         self._refs_fresh: dict[tuple[RepoRef, str], tuple[Any, float]] = {}
 
+    def forget(self, repo: RepoRef) -> None:
+        for key in [k for k in self._refs_fresh if k[0] == repo]:
+            del self._refs_fresh[key]
+
     async def _immutable(self, key: str, flight_key: tuple[Any, ...], fetch: Callable[[], Any]) -> Any:
         """A cached answer for a commit, or fetch-and-store once however many ask."""
         record = await self.records.get(key)

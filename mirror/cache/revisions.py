@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from mirror.cache import keys
@@ -24,6 +24,12 @@ from mirror.upstream import Upstream
 log = logging.getLogger(__name__)
 
 InfoObserver = Callable[[RepoRef, dict[str, Any]], Awaitable[None]]
+
+
+class PinSource(Protocol):
+    """Branches whose reported commit is fixed by a completed sync (see mirror/sync/pins.py)."""
+
+    async def get(self, repo: RepoRef, revision: str) -> str | None: ...
 
 
 class Revisions:
@@ -41,11 +47,24 @@ class Revisions:
         self._fresh: dict[tuple[RepoRef, str], tuple[str, float]] = {}
         self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
         self.observers: list[InfoObserver] = []
+        self.pins: PinSource | None = None
+
+    async def _pinned(self, repo: RepoRef, revision: str | None) -> str | None:
+        if self.pins is None or not revision or is_commit(revision):
+            return None
+        return await self.pins.get(repo, revision)
+
+    def forget(self, repo: RepoRef) -> None:
+        for key in [k for k in self._fresh if k[0] == repo]:
+            del self._fresh[key]
 
     async def resolve(self, repo: RepoRef, revision: str | None, token: str | None) -> str:
         """The commit a revision names now (or, upstream down, last time we asked)."""
         if revision and is_commit(revision):
             return revision
+        pinned = await self._pinned(repo, revision)
+        if pinned:
+            return pinned
         fresh = self._fresh_commit(repo, revision)
         if fresh:
             return fresh
@@ -62,7 +81,19 @@ class Revisions:
         """Repo info JSON at a revision; `query` is the canonical query string."""
         if revision and is_commit(revision):
             cached = await self.records.get(keys.api_key(repo, revision, "info", query))
-            return cached if cached is not None else await self._fetch(repo, revision, query, token)
+            if cached is not None:
+                return cached
+            try:
+                return await self._fetch(repo, revision, query, token)
+            except UpstreamUnavailable:
+                # Another form of the same commit's info beats no answer while upstream is down.
+                fallback = await self.records.get(keys.api_key(repo, revision, "info", ""))
+                if fallback is None:
+                    raise
+                return fallback
+        pinned = await self._pinned(repo, revision)
+        if pinned:
+            return await self.info(repo, pinned, query, token)
         commit = self._fresh_commit(repo, revision)
         if commit:
             cached = await self.records.get(keys.api_key(repo, commit, "info", query))
@@ -103,6 +134,10 @@ class Revisions:
         await self.records.put(
             keys.ref_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
         )
+
+    async def fetch_info(self, repo: RepoRef, revision: str, token: str | None) -> dict[str, Any]:
+        """Ask upstream now, whatever is cached (scheduled sync wants upstream's current answer)."""
+        return await self._fetch(repo, revision, "", token)
 
     async def _fetch(self, repo: RepoRef, revision: str | None, query: str, token: str | None) -> dict[str, Any]:
         flight_key = (repo, revision, query, fingerprint(token))

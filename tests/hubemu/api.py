@@ -55,6 +55,20 @@ class ApiHandlers:
         self.server = server
         self.emu = server.emu
 
+    def list_repos(self, request: web.Request, repo_type: str) -> web.Response:
+        """`GET /api/models?author=org[&search=text]`: public repos, like the Hub's listing (one page)."""
+        author = request.query.get("author")
+        search = request.query.get("search", "")
+        found = [
+            {"id": repo.repo_id, "_id": repo.repo_id, "private": repo.private, "gated": repo.gated}
+            for repo in self.emu.repos()
+            if repo.repo_type == repo_type
+            and not repo.private
+            and (author is None or repo.repo_id.split("/")[0] == author)
+            and search in repo.repo_id
+        ]
+        return web.json_response(sorted(found, key=lambda r: str(r["id"])))
+
     async def dispatch(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
         head = segments[0] if segments else ""
         method = request.method
@@ -66,6 +80,8 @@ class ApiHandlers:
         repo_type = TYPE_OF_SEGMENT.get(head)
         if repo_type is None:
             raise not_found()
+        if len(segments) == 1 and reads:
+            return self.list_repos(request, repo_type)
         repo_id, rest = self.server.locate(repo_type, segments[1:], lambda rest: not rest or rest[0] in SUBROUTES)
         route = rest[0] if rest else ""
         args = rest[1:]

@@ -168,6 +168,10 @@ class HubEmulator:
         with self._lock:
             self._repos.pop((_TYPE_ALIASES[repo_type], repo_id), None)
 
+    def repos(self) -> list[Repo]:
+        with self._lock:
+            return list(self._repos.values())
+
     def get_repo(self, repo_type: str, repo_id: str) -> Repo | None:
         return self._repos.get((_TYPE_ALIASES[repo_type], repo_id))
 

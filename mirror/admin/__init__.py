@@ -1,0 +1,1 @@
+"""Admin surface: the allow-list and its API (token-protected)."""

@@ -1,0 +1,179 @@
+"""The admin API under /admin/: allow-list, sync jobs, cached repos.
+
+Authenticated with `Authorization: Bearer <admin token>` (compared in constant time); without a
+configured token the API does not exist (404). Every change is written to the `mirror.audit` log
+with who, what and when, never the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiohttp import web
+
+from mirror.admin.allowlist import AllowEntry
+from mirror.errors import BadRequest, HubError, NotFound
+from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id
+from mirror.services import SERVICES
+from mirror.sync.jobs import SyncManager, forget_repo
+from mirror.sync.scheduler import Scheduler
+from mirror.tokens import bearer_token, fingerprint
+
+audit_log = logging.getLogger("mirror.audit")
+
+SYNC = web.AppKey("sync", SyncManager)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+_ROOTS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
+
+
+class AdminAuthError(HubError):
+    status = 401
+
+
+def _authorise(request: web.Request) -> str:
+    """The caller's identity for the audit log, or an error; never the token itself."""
+    expected = request.app[SERVICES].config.admin.token
+    if not expected:
+        raise NotFound("the admin API is disabled: set HUB_MIRROR_ADMIN_TOKEN (or admin.token) to enable it")
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise AdminAuthError(
+            "admin API: missing 'Authorization: Bearer <admin token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="hub-mirror admin"'},
+        )
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise HubError("admin API: wrong admin token", status=403)
+    return f"admin-token:{fingerprint(token)[:8]}@{request.remote}"
+
+
+def _audit(who: str, action: str, target: Any) -> None:
+    audit_log.info(
+        "%s %s %s",
+        who,
+        action,
+        json.dumps(target, default=str),
+        extra={"audit": {"who": who, "action": action, "target": target, "at": time.time()}},
+    )
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body must be JSON") from None
+
+
+async def list_allowlist(request: web.Request) -> web.Response:
+    _authorise(request)
+    entries = await request.app[SERVICES].allowlist.entries()
+    return web.json_response([e.to_json() for e in entries])
+
+
+async def add_allowlist(request: web.Request) -> web.Response:
+    who = _authorise(request)
+    entry = AllowEntry.from_request(await _json_body(request))
+    await request.app[SERVICES].allowlist.add(entry)
+    _audit(who, "allowlist.add", entry.to_json())
+    return web.json_response(entry.to_json(), status=201)
+
+
+async def remove_allowlist(request: web.Request) -> web.Response:
+    who = _authorise(request)
+    removed = await request.app[SERVICES].allowlist.remove(request.match_info["id"])
+    if removed is None:
+        raise NotFound(f"no allow-list entry {request.match_info['id']}")
+    _audit(who, "allowlist.remove", removed.to_json())
+    return web.Response(status=204)
+
+
+async def start_sync(request: web.Request) -> web.Response:
+    who = _authorise(request)
+    body = await _json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict) or set(body) - {"repo_type", "repo"}:
+        raise BadRequest('body must be {} or {"repo_type": ..., "repo": ...}')
+    repo_type, repo = body.get("repo_type"), body.get("repo")
+    if repo_type is not None and repo_type not in REPO_TYPES:
+        raise BadRequest(f"repo_type must be one of {', '.join(REPO_TYPES)}")
+    if repo is not None:
+        if not isinstance(repo, str):
+            raise BadRequest("repo must be a repo id")
+        validate_repo_id(repo)
+    job = await request.app[SYNC].submit("api", repo_type, repo)
+    _audit(who, "sync.start", {"job": job.id, "repo_type": repo_type, "repo": repo})
+    return web.json_response(job.to_json(), status=202)
+
+
+async def list_sync(request: web.Request) -> web.Response:
+    _authorise(request)
+    return web.json_response(await request.app[SYNC].list())
+
+
+async def get_sync(request: web.Request) -> web.Response:
+    _authorise(request)
+    return web.json_response(await request.app[SYNC].get(request.match_info["id"]))
+
+
+async def list_repos(request: web.Request) -> web.Response:
+    """What is cached: per repo, revisions -> commits, files and bytes per commit."""
+    _authorise(request)
+    services = request.app[SERVICES]
+    repos: dict[tuple[str, str], dict[str, Any]] = {}
+    async for key in services.storage.list("repos/"):
+        parts = key.split("/")
+        cut = next((i for i in range(3, len(parts)) if parts[i] in _ROOTS), None)
+        if cut is None or parts[1] not in ("models", "datasets", "spaces"):
+            continue
+        repo_type, repo_id = parts[1][:-1], "/".join(parts[2:cut])
+        info = repos.setdefault(
+            (repo_type, repo_id),
+            {"repo_type": repo_type, "repo": repo_id, "revisions": {}, "commits": defaultdict(lambda: [0, 0])},
+        )
+        if parts[cut] in ("refs", "pins"):
+            record = await services.records.get(key)
+            if record and record.get("revision") is not None:
+                info["revisions"][record["revision"] or "(default)"] = record["commit"]
+        elif parts[cut] == "entries":
+            record = await services.records.get(key)
+            if record and not record.get("missing"):
+                counts = info["commits"][parts[cut + 1]]
+                counts[0] += 1
+                counts[1] += int(record.get("size", 0))
+    answer = []
+    for info in repos.values():
+        commits = {c: {"files": n, "bytes": b} for c, (n, b) in info["commits"].items()}
+        answer.append(
+            {
+                **info,
+                "commits": commits,
+                "files": sum(n for n, _ in info["commits"].values()),
+                "bytes": sum(b for _, b in info["commits"].values()),
+            }
+        )
+    return web.json_response(sorted(answer, key=lambda r: (r["repo_type"], r["repo"])))
+
+
+async def purge_repo(request: web.Request) -> web.Response:
+    who = _authorise(request)
+    repo_type = request.match_info["type"].removesuffix("s")
+    if repo_type not in REPO_TYPES:
+        raise BadRequest(f"repo type must be one of {', '.join(REPO_TYPES)}")
+    repo = RepoRef(repo_type, validate_repo_id(request.match_info["repo"]))
+    removed = await forget_repo(request.app[SERVICES], request.app[SERVICES].pins, repo)
+    _audit(who, "repos.purge", {"repo_type": repo.repo_type, "repo": repo.repo_id, "records": removed})
+    return web.Response(status=204)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/allowlist", list_allowlist)
+    app.router.add_post("/admin/allowlist", add_allowlist)
+    app.router.add_delete("/admin/allowlist/{id}", remove_allowlist)
+    app.router.add_post("/admin/sync", start_sync)
+    app.router.add_get("/admin/sync", list_sync)
+    app.router.add_get("/admin/sync/{id}", get_sync)
+    app.router.add_get("/admin/repos", list_repos)
+    app.router.add_delete("/admin/repos/{type}/{repo:.+}", purge_repo)

@@ -1,0 +1,310 @@
+"""Sync jobs: mirror allow-listed repos ahead of demand.
+
+A job resolves each wanted revision to a commit, lists the commit's tree, fills every missing
+blob through the same single-flight fill path as client requests (a client asking meanwhile
+shares the download), and only when every wanted file is present publishes the branch pin.
+Failures are recorded on the job with a reason; nothing published is touched, and the next run
+retries. Jobs and per-entry sync state live in storage, so they survive restarts and every
+replica sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from mirror.admin.allowlist import AllowEntry, AllowList
+from mirror.errors import BadRequest, HubError, NotFound, RepoNotFound
+from mirror.repo import RepoRef, is_commit
+from mirror.services import Services
+from mirror.sync.pins import Pins
+from mirror.sync.ratelimit import with_rate_limit
+
+log = logging.getLogger(__name__)
+
+JOBS_PREFIX = "admin/sync/jobs/"
+KEEP_JOBS = 200
+PROGRESS_SAVE_SECONDS = 2.0
+
+
+def entry_state_key(entry_id: str) -> str:
+    return f"admin/sync/entries/{entry_id}.json"
+
+
+@dataclass
+class FileProgress:
+    path: str
+    size: int
+    done: int = 0
+    state: str = "pending"  # pending, cached, downloading, done, failed
+    error: str | None = None
+
+
+@dataclass
+class RevisionProgress:
+    repo_type: str
+    repo: str
+    revision: str
+    commit: str | None = None
+    state: str = "pending"  # pending, running, succeeded, failed
+    files: list[FileProgress] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class SyncJob:
+    id: str
+    trigger: str  # "api" or "schedule"
+    repo_type: str | None
+    repo: str | None
+    entry_ids: list[str]
+    state: str = "queued"  # queued, running, succeeded, failed
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    targets: list[RevisionProgress] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.size for t in self.targets for f in t.files)
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(f.done for t in self.targets for f in t.files)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["bytes_total"] = self.bytes_total
+        data["bytes_done"] = self.bytes_done
+        return data
+
+
+class SyncManager:
+    def __init__(self, services: Services, allowlist: AllowList, pins: Pins) -> None:
+        self.services = services
+        self.allowlist = allowlist
+        self.pins = pins
+        self.config = services.config.sync
+        self.jobs: OrderedDict[str, SyncJob] = OrderedDict()
+        self._queue: asyncio.Queue[SyncJob] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="sync-worker")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def submit(
+        self,
+        trigger: str,
+        repo_type: str | None = None,
+        repo: str | None = None,
+        entries: list[AllowEntry] | None = None,
+    ) -> SyncJob:
+        if entries is None:
+            all_entries = await self.allowlist.entries()
+            if repo is not None:
+                ref = RepoRef(repo_type or "model", repo)
+                entries = [e for e in all_entries if e.matches(ref)]
+                if not entries:
+                    raise BadRequest(f"{ref.repo_type} {repo} is not on the allow-list; add it first")
+            else:
+                entries = [e for e in all_entries if repo_type is None or e.repo_type == repo_type]
+        job = SyncJob(
+            id=secrets.token_hex(6), trigger=trigger, repo_type=repo_type, repo=repo, entry_ids=[e.id for e in entries]
+        )
+        self._remember(job)
+        await self._save(job)
+        await self._queue.put(job)
+        return job
+
+    def active_entry_ids(self) -> set[str]:
+        return {i for j in self.jobs.values() if j.state in ("queued", "running") for i in j.entry_ids}
+
+    def _remember(self, job: SyncJob) -> None:
+        self.jobs[job.id] = job
+        while len(self.jobs) > KEEP_JOBS:
+            self.jobs.popitem(last=False)
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        if job_id in self.jobs:
+            return self.jobs[job_id].to_json()
+        record = await self.services.records.get(f"{JOBS_PREFIX}{job_id}.json")
+        if record is None:
+            raise NotFound(f"no sync job {job_id}")
+        return dict(record)
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Every job in storage (any replica's), newest first."""
+        jobs: dict[str, dict[str, Any]] = {}
+        async for key in self.services.storage.list(JOBS_PREFIX):
+            record = await self.services.records.get(key)
+            if record is not None:
+                jobs[record["id"]] = record
+        for job in self.jobs.values():
+            jobs[job.id] = job.to_json()
+        return sorted(jobs.values(), key=lambda j: j["created_at"], reverse=True)
+
+    async def _save(self, job: SyncJob) -> None:
+        await self.services.records.put(f"{JOBS_PREFIX}{job.id}.json", job.to_json())
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self.run(job)
+            except Exception:  # a bug in one job must not stop the worker
+                log.exception("sync job %s crashed", job.id)
+
+    async def run(self, job: SyncJob) -> None:
+        job.state, job.started_at = "running", time.time()
+        await self._save(job)
+        metrics = self.services.metrics
+        entries = [e for e in await self.allowlist.entries() if e.id in job.entry_ids]
+        for entry in entries:
+            ok = True
+            try:
+                repos = await self._repos_of(entry, job)
+            except HubError as exc:
+                job.errors.append(f"{entry.pattern}: {exc.message}")
+                repos, ok = [], False
+            for repo in repos:
+                for revision in entry.revisions:
+                    target = RevisionProgress(repo.repo_type, repo.repo_id, revision)
+                    job.targets.append(target)
+                    ok = await self._sync_revision(job, entry, repo, target) and ok
+            await self._record_entry(entry, ok, job)
+        job.state = "failed" if job.errors else "succeeded"
+        job.finished_at = time.time()
+        metrics.sync_runs.labels(job.state).inc()
+        await self._save(job)
+        log.info("sync job %s %s: %d bytes, %d errors", job.id, job.state, job.bytes_done, len(job.errors))
+
+    async def _repos_of(self, entry: AllowEntry, job: SyncJob) -> list[RepoRef]:
+        if job.repo is not None:
+            return [RepoRef(entry.repo_type, job.repo)]
+        if entry.is_exact:
+            return [RepoRef(entry.repo_type, entry.pattern)]
+        namespace, _, _ = entry.pattern.partition("/")
+        if not _ or any(c in namespace for c in "*?["):
+            raise BadRequest("a glob pattern needs a literal namespace ('org/name-*') to be enumerated for sync")
+        upstream = self.services.upstream
+        token = self.services.config.upstream.token or None
+        listing, _headers = await with_rate_limit(
+            lambda: upstream.api_json(f"/api/{entry.repo_type}s?author={quote(namespace)}&limit=1000", token),
+            self.config.rate_limit_retries,
+        )
+        ids = [item["id"] for item in listing if isinstance(item, dict) and isinstance(item.get("id"), str)]
+        return [RepoRef(entry.repo_type, i) for i in sorted(ids) if entry.matches(RepoRef(entry.repo_type, i))]
+
+    async def _sync_revision(self, job: SyncJob, entry: AllowEntry, repo: RepoRef, target: RevisionProgress) -> bool:
+        services = self.services
+        token = services.config.upstream.token or None
+        retries = self.config.rate_limit_retries
+        target.state = "running"
+        try:
+            if is_commit(target.revision):
+                commit = target.revision
+            else:
+                info = await with_rate_limit(
+                    lambda: services.revisions.fetch_info(repo, target.revision, token), retries
+                )
+                commit = str(info["sha"])
+            target.commit = commit
+            _, listing = await with_rate_limit(
+                lambda: services.metadata.tree(repo, commit, "", True, False, token), retries
+            )
+            target.files = [
+                FileProgress(e["path"], int(e.get("size", 0)))
+                for e in listing
+                if e.get("type") == "file" and entry.wants_file(e["path"])
+            ]
+            semaphore = asyncio.Semaphore(self.config.concurrency)
+            saver = asyncio.create_task(self._save_progress(job))
+            try:
+                await asyncio.gather(*(self._fetch(repo, commit, f, token, semaphore) for f in target.files))
+            finally:
+                saver.cancel()
+        except HubError as exc:
+            target.state, target.error = "failed", exc.message
+            job.errors.append(f"{repo.repo_id}@{target.revision}: {exc.message}")
+            return False
+        failed = [f for f in target.files if f.state == "failed"]
+        if failed:
+            target.state = "failed"
+            target.error = f"{len(failed)} of {len(target.files)} files failed; {target.revision} not switched"
+            job.errors.extend(f"{repo.repo_id}@{target.revision}/{f.path}: {f.error}" for f in failed)
+            return False
+        # Every wanted file is in the cache: only now does the mirror report the new commit.
+        await self.pins.publish(repo, target.revision, commit)
+        target.state = "succeeded"
+        return True
+
+    async def _fetch(
+        self, repo: RepoRef, commit: str, item: FileProgress, token: str | None, semaphore: asyncio.Semaphore
+    ) -> None:
+        services = self.services
+        async with semaphore:
+            try:
+                entry = await with_rate_limit(
+                    lambda: services.entries.get(repo, commit, item.path, token), self.config.rate_limit_retries
+                )
+                item.size = entry.size
+                if await services.blobs.is_cached(entry):
+                    item.state, item.done = "cached", entry.size
+                    return
+                item.state = "downloading"
+                fill = services.filler.join(entry, token)
+                while not fill.done:
+                    item.done = fill.written
+                    await fill.wait_progress(1.0)
+                if fill.error is not None and not fill.verified:
+                    raise fill.error
+                item.state, item.done = "done", entry.size
+                services.metrics.sync_bytes.inc(entry.size)
+            except HubError as exc:
+                item.state, item.error = "failed", exc.message
+
+    async def _save_progress(self, job: SyncJob) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_SAVE_SECONDS)
+            await self._save(job)
+
+    async def _record_entry(self, entry: AllowEntry, ok: bool, job: SyncJob) -> None:
+        key = entry_state_key(entry.id)
+        state = await self.services.records.get(key) or {}
+        now = time.time()
+        state.update({"entry_id": entry.id, "last_attempt": now, "last_job": job.id})
+        if ok:
+            state["last_success"] = now
+            state.pop("last_error", None)
+            self.services.metrics.sync_last_success.labels(entry.id).set(now)
+        else:
+            state["last_error"] = "; ".join(job.errors[-3:]) or "failed"
+        await self.services.records.put(key, state)
+
+
+async def forget_repo(services: Services, pins: Pins, repo: RepoRef) -> int:
+    """Purge a repo's mappings and metadata (blobs stay: other repos may share them)."""
+    removed = 0
+    keys = [k async for k in services.storage.list(f"repos/{repo.storage_prefix}/")]
+    for key in keys:
+        removed += await services.storage.delete(key)
+    if not keys:
+        raise RepoNotFound(f"nothing cached for {repo.repo_type} {repo.repo_id}")
+    services.entries.forget(repo)
+    services.revisions.forget(repo)
+    services.metadata.forget(repo)
+    services.policy.forget(repo)
+    pins.forget(repo)
+    return removed
