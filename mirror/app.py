@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from mirror.admin.routes import SCHEDULER, SYNC, add_admin_routes
 from mirror.config import Config
 from mirror.hub.errors import hub_errors
 from mirror.hub.observe import observe
@@ -15,12 +16,26 @@ from mirror.metrics import Metrics
 from mirror.ops import add_ops_routes, measure_storage
 from mirror.services import SERVICES, Services
 from mirror.storage import LocalStorage, Storage
+from mirror.storage.s3 import S3Storage
+from mirror.sync.jobs import SyncManager
+from mirror.sync.scheduler import Scheduler
 from mirror.upstream import Upstream
 
 CONFIG = web.AppKey("config", Config)
 
 
 def build_storage(config: Config) -> Storage:
+    storage = config.storage
+    if storage.backend == "s3":
+        return S3Storage(
+            storage.s3_bucket,
+            endpoint=storage.s3_endpoint or None,
+            prefix=storage.s3_prefix,
+            region=storage.s3_region,
+            part_size=storage.s3_part_size,
+            stale_upload_age=storage.s3_stale_upload_age,
+            max_concurrency=storage.s3_max_concurrency,
+        )
     return LocalStorage(config.cache_dir)
 
 
@@ -32,11 +47,19 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()))
     app[SERVICES] = services
     measurer = asyncio.create_task(measure_storage(services), name="measure-storage")
+    sync = SyncManager(services, services.allowlist, services.pins)
+    scheduler = Scheduler(sync, services.allowlist, services.records, config.sync, services.metrics)
+    app[SYNC], app[SCHEDULER] = sync, scheduler
+    sync.start()
+    if config.sync.enabled:
+        scheduler.start()
     try:
         yield
     finally:
         measurer.cancel()
         await asyncio.gather(measurer, return_exceptions=True)
+        await scheduler.close()
+        await sync.close()
         await services.filler.close()
         await session.close()
         await storage.close()
@@ -48,5 +71,6 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app.cleanup_ctx.append(_lifetime)
     add_ops_routes(app)
-    add_routes(app)
+    add_admin_routes(app)
+    add_routes(app)  # the catch-all Hub routes come last
     return app

@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from mirror import __version__
+from mirror.admin.cli import add_admin_parsers, run_admin
 from mirror.app import create_app
 from mirror.config import ConfigError, load_config
+from mirror.logs import setup_logging
 from mirror.runtime import tune_allocator
+from mirror.smoke.cli import add_smoke_parser, run_smoke
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,17 +28,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8090)")
     serve.add_argument("--upstream", help="upstream Hub URL (default https://huggingface.co)")
     serve.add_argument("--cache-dir", help="cache directory (default ./hub-mirror-cache)")
+    serve.add_argument("--storage", choices=("local", "s3"), help="storage backend (default local)")
+    serve.add_argument("--s3-endpoint", help="S3 endpoint URL (MinIO, Ceph RGW, ...; omit for AWS S3)")
+    serve.add_argument("--s3-bucket", help="S3 bucket holding the cache")
+    serve.add_argument("--s3-prefix", help="key prefix inside the bucket (default none)")
+    serve.add_argument("--s3-region", help="S3 region (default us-east-1)")
     serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    return parser
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    serve.add_argument(
+        "--enforce-allowlist",
+        action="store_const",
+        const=True,
+        help="serve only repos on the allow-list (default: pull-through for any repo)",
     )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    add_smoke_parser(sub)
+    add_admin_parsers(sub)
+    return parser
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -43,14 +51,22 @@ def serve(args: argparse.Namespace) -> int:
         "server": {"host": args.host, "port": args.port},
         "upstream": {"url": args.upstream},
         "cache": {"dir": args.cache_dir},
+        "storage": {
+            "backend": args.storage,
+            "s3_endpoint": args.s3_endpoint,
+            "s3_bucket": args.s3_bucket,
+            "s3_prefix": args.s3_prefix,
+            "s3_region": args.s3_region,
+        },
         "log": {"format": args.log_format, "level": args.log_level},
+        "policy": {"enforce_allowlist": args.enforce_allowlist},
     }
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"hub-mirror: configuration error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.format)
     tune_allocator()
     logging.getLogger(__name__).info(
         "hub-mirror %s on http://%s:%d, upstream %s, cache %s",
@@ -63,7 +79,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         # In-flight downloads get a short grace period on shutdown, well inside common orchestrator limits.
         web.run_app(
-            create_app(config), host=config.server.host, port=config.server.port, print=None, shutdown_timeout=10
+            create_app(config),
+            host=config.server.host,
+            port=config.server.port,
+            print=None,
+            shutdown_timeout=10,
+            access_log=None,
         )
     except OSError as exc:
         print(f"hub-mirror: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
@@ -75,4 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "smoke":
+        return run_smoke(args)
+    if args.command in ("allow", "sync", "status"):
+        return run_admin(args)
     return 2

@@ -64,7 +64,23 @@ class CacheConfig:
 
 @dataclass
 class StorageConfig:
+    # "local": files under cache.dir. "s3": an S3-compatible bucket that several replicas can share.
     backend: str = "local"
+    # S3 endpoint URL (MinIO, Ceph RGW, SeaweedFS); empty for AWS S3 itself. Credentials come from
+    # the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    # Objects are stored at {s3_prefix}/{key}; replicas that share a cache use the same prefix.
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    # Bytes per multipart part (doubling every 1,000 parts, so no object is too large): each fill
+    # holds about two parts in memory, which is also how far behind a fill a client can follow it.
+    s3_part_size: int = 8 * 1024 * 1024
+    # Unfinished multipart uploads older than this (seconds) are aborted at start: crashed fills
+    # leave them. Keep it well above the longest fill, since other replicas may still be writing.
+    s3_stale_upload_age: float = 24 * 3600
+    # Most S3 requests in flight at once (threads and pooled connections).
+    s3_max_concurrency: int = 32
 
 
 @dataclass
@@ -80,6 +96,32 @@ class LogConfig:
 
 
 @dataclass
+class PolicyConfig:
+    # Serve only repos on the allow-list (RepoNotFound for others). Off: a pure pull-through cache.
+    enforce_allowlist: bool = False
+
+
+@dataclass
+class AdminConfig:
+    # Bearer token for /admin/*. Empty disables the admin API. Prefer HUB_MIRROR_ADMIN_TOKEN.
+    token: str = ""
+
+
+@dataclass
+class SyncConfig:
+    # Run the scheduled sync of allow-listed repos (one replica at a time holds the lease).
+    enabled: bool = True
+    # Seconds between scheduler passes (each pass starts the entries that are due).
+    tick: float = 30.0
+    # Files downloaded at once by one sync job.
+    concurrency: int = 4
+    # Seconds the scheduler lease lasts without renewal before another replica may take over.
+    lease_ttl: float = 90.0
+    # Attempts per upstream call when it answers 429 (honouring Retry-After / RateLimit).
+    rate_limit_retries: int = 5
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -87,6 +129,9 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
     def validate(self) -> Config:
         if not 0 < self.server.port < 65536:
@@ -101,8 +146,12 @@ class Config:
             raise ConfigError("cache.chunk_size must be at least 4096 bytes")
         if self.upstream.resume_attempts < 0 or self.upstream.max_connections < 1:
             raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
-        if self.storage.backend not in ("local",):
-            raise ConfigError(f"storage.backend must be 'local', got {self.storage.backend!r}")
+        if self.storage.backend not in ("local", "s3"):
+            raise ConfigError(f"storage.backend must be 'local' or 's3', got {self.storage.backend!r}")
+        if self.storage.backend == "s3":
+            _check_s3(self.storage)
+        if self.sync.tick <= 0 or self.sync.concurrency < 1 or self.sync.lease_ttl <= self.sync.tick:
+            raise ConfigError("sync.tick must be > 0, sync.concurrency >= 1 and sync.lease_ttl > sync.tick")
         if self.log.format not in ("text", "json"):
             raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
         self.upstream.url = self.upstream.url.rstrip("/")
@@ -118,6 +167,29 @@ def _check_url(key: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{key} must be an http(s) URL, got {value!r}")
+
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
+
+
+def _check_s3(storage: StorageConfig) -> None:
+    if not storage.s3_bucket:
+        raise ConfigError("storage.s3_bucket is required when storage.backend is 's3'")
+    if not _BUCKET_RE.match(storage.s3_bucket):
+        raise ConfigError(f"storage.s3_bucket is not a valid bucket name: {storage.s3_bucket!r}")
+    if storage.s3_endpoint:
+        _check_url("storage.s3_endpoint", storage.s3_endpoint)
+    prefix = storage.s3_prefix.strip("/")
+    if prefix and (not _PREFIX_RE.match(prefix) or any(part in (".", "..") for part in prefix.split("/"))):
+        raise ConfigError(f"storage.s3_prefix must be path segments of [A-Za-z0-9._-], got {storage.s3_prefix!r}")
+    storage.s3_prefix = prefix
+    if not 5 * 1024 * 1024 <= storage.s3_part_size <= 5 * 1024**3:
+        raise ConfigError("storage.s3_part_size must be between 5 MiB and 5 GiB (S3 limits)")
+    if storage.s3_stale_upload_age < 0:
+        raise ConfigError("storage.s3_stale_upload_age must be >= 0")
+    if storage.s3_max_concurrency < 1:
+        raise ConfigError("storage.s3_max_concurrency must be >= 1")
 
 
 def _coerce(key: str, raw: Any, typ: Any) -> Any:
