@@ -68,13 +68,18 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level, config.log.format)
     tune_allocator()
+    storage = (
+        f"s3://{config.storage.s3_bucket}/{config.storage.s3_prefix} at {config.storage.s3_endpoint or 'AWS'}"
+        if config.storage.backend == "s3"
+        else f"local {config.cache_dir.resolve()}"
+    )
     logging.getLogger(__name__).info(
-        "hub-mirror %s on http://%s:%d, upstream %s, cache %s",
+        "hub-mirror %s on http://%s:%d, upstream %s, storage %s",
         __version__,
         config.server.host,
         config.server.port,
         config.upstream.url,
-        config.cache_dir.resolve(),
+        storage,
     )
     try:
         # In-flight downloads get a short grace period on shutdown, well inside common orchestrator limits.

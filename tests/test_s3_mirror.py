@@ -316,11 +316,6 @@ def test_s3_settings_from_environment() -> None:
     assert storage.s3_part_size == 16 * MIB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fill.py does not handle WindowPassed yet: a follower further behind an S3 fill than the writer's"
-    " in-memory window has its body cut (see docs/s3.md); remove this mark once it does",
-)
 def test_late_follower_of_an_s3_fill_gets_every_byte(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
     big = os.urandom(4 * MIN_PART_SIZE)
     hub.add_repo("model", "org/late", {"w.safetensors": big})

@@ -25,6 +25,7 @@ from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
 from mirror.storage import BlobWriter, Storage
+from mirror.storage.base import WindowPassed
 from mirror.upstream import RetryableBodyError, Upstream
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,13 @@ class Fill:
                 changed = self._changed
                 try:
                     data = await self.writer.read_written(pos, min(self.chunk_size, limit - pos, end - pos))
+                except WindowPassed:
+                    # The store cannot read these bytes back before publishing (S3), and waiting for
+                    # the commit could outlast the client's read timeout: fetch them ourselves.
+                    async for data in self._catch_up(pos, end):
+                        pos += len(data)
+                        yield data
+                    continue
                 except StorageError:
                     if self.done:
                         continue  # the writer closed because the fill ended; look again
@@ -255,6 +263,49 @@ class Fill:
                 yield data
             else:
                 await self._changed.wait()
+
+
+    def _back_in_window(self, pos: int) -> bool:
+        window_start = getattr(self.writer, "window_start", None)
+        return window_start is not None and window_start <= pos < self._readable()
+
+    async def _catch_up(self, pos: int, end: int) -> AsyncIterator[bytes]:
+        """Serve a follower that fell behind the writer's window straight from upstream.
+
+        Ends when the follower is back inside the window, the fill is verified (storage serves the
+        rest), or it reached the held-back last byte. Every chunk is checked against the fill's
+        state first, so bytes that failed verification never complete a download.
+        """
+        entry = self.entry
+        limit = min(end, entry.size - 1)
+        failures = 0
+        while pos < limit and not self.verified and not self._back_in_window(pos):
+            if self.error is not None:
+                raise self.error
+            try:
+                resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, pos)
+                async with resp:
+                    skip = pos if resp.status == 200 else 0
+                    async for chunk in batched(resp.content, self.chunk_size):
+                        if self.metrics is not None:
+                            self.metrics.upstream_bytes.inc(len(chunk))
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                        chunk = chunk[: max(0, limit - pos)]
+                        if self.error is not None:
+                            raise self.error
+                        if chunk:
+                            pos += len(chunk)
+                            failures = 0
+                            yield chunk
+                        if pos >= limit or self.verified or self._back_in_window(pos):
+                            return
+            except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                failures += 1
+                if failures > self.resume_attempts:
+                    raise UpstreamUnavailable(f"upstream transfer of {entry.path} failed: {exc}") from exc
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
 
 class Filler:
