@@ -5,6 +5,7 @@ One emulator and one mirror serve the module; each test uses a fresh client cach
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -19,6 +21,7 @@ from tests.client import run_client
 from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
 from tests.mirror_server import MirrorThread
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
 WEIGHTS = os.urandom(300_000)
@@ -58,14 +61,26 @@ class World:
         return run_client(self.mirror.url, script, home, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with HubEmulator() as hub:
-        mirror = start_mirror(hub.url, tmp_path_factory.mktemp("mirror-cache"))
-        try:
-            yield World(hub, mirror)
-        finally:
-            mirror.stop()
+@pytest.fixture(scope="module", params=["local", "s3"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The whole module runs once per storage backend: "works on S3" means the same as on disk."""
+    with contextlib.ExitStack() as stack, HubEmulator() as hub:
+        storage: dict[str, object] = {}
+        if request.param == "s3":
+            server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
+            stack.callback(server.close)
+            server.create_bucket("conformance")
+            env = {
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            }
+            stack.enter_context(mock.patch.dict(os.environ, env))
+            storage = {"backend": "s3", "s3_endpoint": server.endpoint, "s3_bucket": "conformance"}
+        mirror = start_mirror(hub.url, tmp_path_factory.mktemp("mirror-cache"), storage=storage)
+        stack.callback(mirror.stop)
+        yield World(hub, mirror)
 
 
 def _assert_never_left_mirror(world: World) -> None:
