@@ -119,6 +119,8 @@ class SyncConfig:
     lease_ttl: float = 90.0
     # Attempts per upstream call when it answers 429 (honouring Retry-After / RateLimit).
     rate_limit_retries: int = 5
+    # Bytes per second all sync downloads of this replica share; 0 = no cap.
+    bandwidth_limit: int = 0
 
 
 @dataclass
@@ -150,6 +152,8 @@ class Config:
             raise ConfigError(f"storage.backend must be 'local' or 's3', got {self.storage.backend!r}")
         if self.storage.backend == "s3":
             _check_s3(self.storage)
+        if self.sync.bandwidth_limit < 0:
+            raise ConfigError("sync.bandwidth_limit must be >= 0 (0 = no cap)")
         if self.sync.tick <= 0 or self.sync.concurrency < 1 or self.sync.lease_ttl <= self.sync.tick:
             raise ConfigError("sync.tick must be > 0, sync.concurrency >= 1 and sync.lease_ttl > sync.tick")
         if self.log.format not in ("text", "json"):

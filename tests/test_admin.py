@@ -320,3 +320,25 @@ def test_admin_cli(hub: HubEmulator, admin_mirror: MirrorThread) -> None:
         check=False,
     )
     assert unreachable.returncode == 1 and "cannot reach the mirror" in unreachable.stderr
+
+
+def test_sync_bandwidth_cap(hub: HubEmulator, tmp_path: Path) -> None:
+    data = os.urandom(3_000_000)
+    hub.add_repo("model", "org/m", {"w.safetensors": data})
+    server = start_mirror(
+        hub.url,
+        tmp_path / "cache",
+        admin={"token": ADMIN},
+        sync={"enabled": False, "bandwidth_limit": 1_000_000},
+        cache={"chunk_size": 256 * 1024},
+    )
+    try:
+        call(server.url, "POST", "/admin/allowlist", entry("org/m"))
+        started = time.monotonic()
+        job = wait_job(server.url, call(server.url, "POST", "/admin/sync", {})[1]["id"])
+        elapsed = time.monotonic() - started
+        assert job["state"] == "succeeded"
+        # 3 MB at 1 MB/s with one second of burst: at least ~2 s, where uncapped it takes milliseconds.
+        assert elapsed >= 1.8
+    finally:
+        server.stop()

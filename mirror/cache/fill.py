@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -29,6 +29,10 @@ from mirror.storage.base import WindowPassed
 from mirror.upstream import RetryableBodyError, Upstream
 
 log = logging.getLogger(__name__)
+
+
+class Throttle(Protocol):
+    async def consume(self, amount: int) -> None: ...
 
 
 RECENT_CHUNKS = 4
@@ -79,9 +83,11 @@ class Fill:
         chunk_size: int,
         resume_attempts: int,
         metrics: Metrics | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.entry = entry
         self.metrics = metrics
+        self.throttle = throttle
         self.token = token
         self.storage = storage
         self.upstream = upstream
@@ -185,6 +191,8 @@ class Fill:
                         if store.done():
                             store.result()  # a storage failure ends the fill now
                         await queue.put(chunk)
+                        if self.throttle is not None:
+                            await self.throttle.consume(len(chunk))
                         offset += len(chunk)
                         failures = 0
                 if offset < entry.size:
@@ -330,7 +338,8 @@ class Filler:
         self.started = 0
         self.coalesced = 0
 
-    def join(self, entry: FileEntry, token: str | None) -> Fill:
+    def join(self, entry: FileEntry, token: str | None, throttle: Throttle | None = None) -> Fill:
+        """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
         fill = self._fills.get(entry.blob_key)
         if fill is not None:
             self.coalesced += 1
@@ -346,6 +355,7 @@ class Filler:
             self.cache.chunk_size,
             self.upstream_cfg.resume_attempts,
             self.metrics,
+            throttle,
         )
         self._fills[entry.blob_key] = fill
         self.started += 1

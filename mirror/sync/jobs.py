@@ -23,6 +23,7 @@ from mirror.admin.allowlist import AllowEntry, AllowList
 from mirror.errors import BadRequest, HubError, NotFound, RepoNotFound
 from mirror.repo import RepoRef, is_commit
 from mirror.services import Services
+from mirror.sync.bandwidth import Bandwidth
 from mirror.sync.pins import Pins
 from mirror.sync.ratelimit import with_rate_limit
 
@@ -95,6 +96,9 @@ class SyncManager:
         self.jobs: OrderedDict[str, SyncJob] = OrderedDict()
         self._queue: asyncio.Queue[SyncJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # One cap for all of this replica's sync downloads. A client that asks for a file a sync is
+        # filling shares that fill, and so its pace; files clients start are never capped.
+        self.bandwidth = Bandwidth(self.config.bandwidth_limit) if self.config.bandwidth_limit else None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="sync-worker")
@@ -264,7 +268,7 @@ class SyncManager:
                     item.state, item.done = "cached", entry.size
                     return
                 item.state = "downloading"
-                fill = services.filler.join(entry, token)
+                fill = services.filler.join(entry, token, self.bandwidth)
                 while not fill.done:
                     item.done = fill.written
                     await fill.wait_progress(1.0)
