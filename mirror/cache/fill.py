@@ -174,18 +174,8 @@ class Fill:
         failures = 0
         while offset < entry.size:
             try:
-                resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, offset)
-                async with resp:
-                    skip = offset if resp.status == 200 else 0
-                    async for chunk in batched(resp.content, self.chunk_size):
-                        self.upstream_bytes += len(chunk)
-                        if self.metrics is not None:
-                            self.metrics.upstream_bytes.inc(len(chunk))
-                        if skip:
-                            dropped = min(skip, len(chunk))
-                            chunk, skip = chunk[dropped:], skip - dropped
-                            if not chunk:
-                                continue
+                async with contextlib.aclosing(self._upstream_from(offset)) as chunks:
+                    async for chunk in chunks:
                         if offset + len(chunk) > entry.size:
                             raise IntegrityError(f"upstream sent more than the {entry.size} bytes of {entry.path}")
                         if store.done():
@@ -208,6 +198,22 @@ class Fill:
                     self.metrics.fill_resumes.inc()
                 log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _upstream_from(self, pos: int) -> AsyncIterator[bytes]:
+        """The file's bytes from `pos`, from one upstream response (re-resolved, so never a stale URL)."""
+        entry = self.entry
+        resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, pos)
+        async with resp:
+            skip = pos if resp.status == 200 else 0  # upstream ignored the Range: drop what we have
+            async for chunk in batched(resp.content, self.chunk_size):
+                self.upstream_bytes += len(chunk)
+                if self.metrics is not None:
+                    self.metrics.upstream_bytes.inc(len(chunk))
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                if chunk:
+                    yield chunk
 
     def _readable(self) -> int:
         if self.verified:
@@ -291,15 +297,8 @@ class Fill:
             if self.error is not None:
                 raise self.error
             try:
-                resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, pos)
-                async with resp:
-                    skip = pos if resp.status == 200 else 0
-                    async for chunk in batched(resp.content, self.chunk_size):
-                        if self.metrics is not None:
-                            self.metrics.upstream_bytes.inc(len(chunk))
-                        if skip:
-                            dropped = min(skip, len(chunk))
-                            chunk, skip = chunk[dropped:], skip - dropped
+                async with contextlib.aclosing(self._upstream_from(pos)) as chunks:
+                    async for chunk in chunks:
                         chunk = chunk[: max(0, limit - pos)]
                         if self.error is not None:
                             raise self.error
