@@ -95,7 +95,7 @@ def test_serve_with_flags(cli_hub: HubEmulator, processes: list[MirrorProcess], 
     assert blob_path(cache).read_bytes() == DATA
     assert cli_hub.count(method="GET", origin="cdn") == 1
     output = server.stop()
-    assert f"upstream {cli_hub.url}" in output and f"cache {cache}" in output
+    assert f"upstream {cli_hub.url}" in output and f"storage local {cache}" in output
 
 
 def test_flag_beats_config_file(cli_hub: HubEmulator, processes: list[MirrorProcess], tmp_path: Path) -> None:
