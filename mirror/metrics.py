@@ -117,8 +117,10 @@ class Metrics:
         )
 
         self.allowlist_denials = Counter(
-            "hub_mirror_allowlist_denials_total", "Requests refused because the repo is not on the allow-list",
-            ["repo_type"], registry=r,
+            "hub_mirror_allowlist_denials_total",
+            "Requests refused because the repo is not on the allow-list",
+            ["repo_type"],
+            registry=r,
         )
         self.sync_runs = Counter(
             "hub_mirror_sync_runs_total", "Sync jobs finished, by outcome (succeeded, failed)", ["outcome"], registry=r
@@ -126,7 +128,8 @@ class Metrics:
         self.sync_last_success = Gauge(
             "hub_mirror_sync_last_success_timestamp_seconds",
             "When each allow-list entry last synced completely (label: entry id; bounded by the allow-list)",
-            ["entry"], registry=r,
+            ["entry"],
+            registry=r,
         )
         self.sync_bytes = Counter(
             "hub_mirror_sync_bytes_total", "Bytes downloaded into the cache by sync jobs", registry=r

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -12,6 +12,7 @@ from mirror.cache.entries import Entries
 from mirror.cache.fill import Filler
 from mirror.cache.metadata import Metadata
 from mirror.cache.records import Records
+from mirror.cache.responses import ResponseCache
 from mirror.cache.revisions import Revisions
 from mirror.config import Config
 from mirror.metrics import Metrics
@@ -36,6 +37,7 @@ class Services:
     metrics: Metrics
     allowlist: AllowList
     pins: Pins
+    responses: ResponseCache = field(default_factory=ResponseCache)
     # (reachable, when) of the last upstream probe made for /readyz.
     upstream_probe: tuple[bool, float] | None = None
 

@@ -278,7 +278,6 @@ class Fill:
             else:
                 await self._changed.wait()
 
-
     def _back_in_window(self, pos: int) -> bool:
         window_start = getattr(self.writer, "window_start", None)
         return window_start is not None and window_start <= pos < self._readable()

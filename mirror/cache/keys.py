@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from mirror.repo import RepoRef
+from mirror.repo import RepoRef, is_commit
 
 
 def _digest(text: str) -> str:
@@ -43,3 +43,16 @@ def latest_key(repo: RepoRef, kind: str, query: str) -> str:
 
 def visibility_key(repo: RepoRef) -> str:
     return f"repos/{repo.storage_prefix}/visibility.json"
+
+
+def is_immutable(key: str) -> bool:
+    """Records fixed once written: answers and file entries at a commit."""
+    parts = key.split("/")
+    if parts[0] != "repos":
+        return False
+    # repos/<type>/<repo id: 1 or 2 parts>/(api|entries)/<commit>/...
+    return any(
+        parts[i] in ("api", "entries") and len(parts) > i + 1 and is_commit(parts[i + 1])
+        for i in (3, 4)
+        if i < len(parts)
+    )

@@ -7,6 +7,7 @@ and pagination links point at the mirror, never at the upstream.
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from mirror.errors import BadRequest, MethodNotAllowed, NotFound, UpstreamUnavailable
 from mirror.hub import xet
 from mirror.hub.paths import ApiTarget
+from mirror.repo import RepoRef
 from mirror.services import SERVICES, Services
 from mirror.tokens import bearer_token
 
@@ -28,14 +30,21 @@ def mirror_origin(request: web.Request, services: Services) -> str:
     return services.config.server.public_url or f"{request.scheme}://{request.host}"
 
 
-def json_response(services: Services, data: Any, headers: dict[str, str] | None = None) -> web.Response:
-    if services.config.hub.strip_xet:
-        data = xet.strip_json(data)
-    return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+def json_response(
+    services: Services,
+    data: Any,
+    headers: dict[str, str] | None = None,
+    cache_as: tuple[RepoRef, Hashable] | None = None,
+) -> web.Response:
+    """JSON (xet-stripped per config); `cache_as` keeps the bytes of an answer fixed for a commit."""
+    body = services.responses.get(*cache_as) if cache_as else None
+    if body is None:
+        if services.config.hub.strip_xet:
+            data = xet.strip_json(data)
+        body = json.dumps(data, separators=(",", ":")).encode()
+        if cache_as:
+            services.responses.put(*cache_as, body)
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 def canonical_query(request: web.Request, drop: tuple[str, ...] = ()) -> str:
@@ -61,8 +70,10 @@ async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamRespo
 
     if target.op in ("info", "revision"):
         _require(request, "GET", "HEAD")
-        data = await services.revisions.info(repo, target.revision, canonical_query(request), token)
-        return json_response(services, data)
+        query = canonical_query(request)
+        data = await services.revisions.info(repo, target.revision, query, token)
+        sha = data.get("sha") if isinstance(data, dict) else None
+        return json_response(services, data, cache_as=(repo, ("info", sha, query)) if sha else None)
 
     if target.op == "tree":
         _require(request, "GET")
@@ -116,7 +127,8 @@ async def _tree(request: web.Request, services: Services, target: ApiTarget, tok
             {"recursive": str(recursive).lower(), "expand": str(expand).lower(), "cursor": cursor + page_size}
         )
         headers["Link"] = f'<{mirror_origin(request, services)}{path}?{query}>; rel="next"'
-    return json_response(services, page, headers)
+    key = ("tree", commit, target.path, recursive, expand, cursor)
+    return json_response(services, page, headers, cache_as=(target.repo, key))
 
 
 async def _paths_info_body(request: web.Request) -> tuple[list[str], bool]:

@@ -42,8 +42,10 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
 
 def _record(request: web.Request, stats: RequestStats, status: int, duration: float) -> None:
     metrics = request.app[SERVICES].metrics
-    route = request.get(ROUTE) or OPS_ROUTES.get(request.path) or (
-        "admin" if request.path.startswith("/admin/") else "other"
+    route = (
+        request.get(ROUTE)
+        or OPS_ROUTES.get(request.path)
+        or ("admin" if request.path.startswith("/admin/") else "other")
     )
     metrics.requests.labels(
         route, request.method if request.method in ("GET", "HEAD", "POST") else "other", status_class(status)

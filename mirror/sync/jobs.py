@@ -306,6 +306,8 @@ async def forget_repo(services: Services, pins: Pins, repo: RepoRef) -> int:
         removed += await services.storage.delete(key)
     if not keys:
         raise RepoNotFound(f"nothing cached for {repo.repo_type} {repo.repo_id}")
+    services.records.forget(f"repos/{repo.storage_prefix}/")
+    services.responses.forget(repo)
     services.entries.forget(repo)
     services.revisions.forget(repo)
     services.metadata.forget(repo)
