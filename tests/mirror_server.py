@@ -63,6 +63,15 @@ class MirrorThread:
         assert self._runner is not None
         return self._runner.app[SERVICES]
 
+    def settle(self, timeout: float = 60) -> None:
+        """Wait until the fills running now have ended.
+
+        A download completes once its bytes are verified, a moment before the blob is published
+        (fsync and rename, or the multipart completion): tests that look at storage right after a
+        download wait for that first.
+        """
+        self.call(self.services.filler.wait_idle(), timeout)
+
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
@@ -105,6 +114,16 @@ class MirrorProcess:
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError("mirror did not become healthy")
+
+    def settle(self, timeout: float = 30) -> None:
+        """Wait until no fill is in flight (see MirrorThread.settle), as /metrics reports it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
+                if "\nhub_mirror_fills_in_flight 0.0\n" in resp.read().decode():
+                    return
+            time.sleep(0.02)
+        raise TimeoutError("fills still in flight")
 
     def output(self) -> str:
         assert self.proc.stdout is not None

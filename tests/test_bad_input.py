@@ -59,6 +59,7 @@ BAD_PATHS = [
 def warm(hub: HubEmulator, mirror: MirrorThread) -> Path:
     hub.add_repo("model", "org/m", {"w.bin": DATA, "sub/x.txt": b"x"})
     assert raw_request(mirror.url, "GET", "/org/m/resolve/main/w.bin").status == 200
+    mirror.settle()
     return Path(mirror.config.cache.dir)
 
 

@@ -59,8 +59,13 @@ def fetch(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def blob_path(cache: Path) -> Path:
-    return cache / "objects" / keys.blob_key(sha256_hex(DATA))
+def blob_path(cache: Path, timeout: float = 10) -> Path:
+    """Where the mirror publishes DATA, waiting for it: the download ends a moment before the publish."""
+    path = cache / "objects" / keys.blob_key(sha256_hex(DATA))
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path
 
 
 def write_config(path: Path, upstream: str, cache: Path) -> Path:

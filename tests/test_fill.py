@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from mirror.cache import keys
+from mirror.storage.base import ObjectInfo
+from mirror.storage.local import LocalWriter
 from tests.client import run_client
 from tests.hubemu import HubEmulator, sha256_hex
 from tests.mirror_server import MirrorProcess, MirrorThread
@@ -30,6 +34,7 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 
 def blob_published(mirror: MirrorThread, data: bytes) -> bool:
+    mirror.settle()
     return mirror.call(mirror.services.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
 
 
@@ -85,6 +90,43 @@ def test_corrupt_upstream_bytes_are_never_published(hub: HubEmulator, mirror: Mi
     status, body = fetch(url)
     assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_hex(BIG)
     assert blob_published(mirror, BIG)
+
+
+def test_download_completes_before_the_publish(
+    hub: HubEmulator, mirror: MirrorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last byte goes out once the hash matches; clients never wait for the fsync and rename.
+
+    On a slow disk the flush of a large blob can take longer than a client's read timeout. While
+    the blob is being published it counts as cached: a second request is a hit, served without
+    upstream.
+    """
+    hub.add_repo("model", "org/big", {"w.safetensors": BIG})
+    publish = threading.Event()
+    original = LocalWriter.commit
+    blob = keys.blob_key(sha256_hex(BIG))
+
+    async def held_commit(self: LocalWriter) -> ObjectInfo:
+        if self.key == blob:  # metadata records publish as usual
+            await asyncio.to_thread(publish.wait, 30)
+        return await original(self)
+
+    monkeypatch.setattr(LocalWriter, "commit", held_commit)
+    url = f"{mirror.url}/org/big/resolve/main/w.safetensors"
+    assert fetch(url) == (200, BIG)
+    assert mirror.services.filler.in_flight == 1, "still publishing"
+    assert not (Path(mirror.config.cache.dir) / "objects" / blob).exists()
+    for method in ("HEAD", "GET"):
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as resp:
+            assert resp.headers["X-Cache"] == "HIT", method
+            assert resp.read() == (BIG if method == "GET" else b"")
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=-10"}), timeout=30) as resp:
+        assert resp.status == 206 and resp.read() == BIG[-10:]
+    assert cdn_gets(hub) == 1
+    publish.set()
+    assert blob_published(mirror, BIG)
+    assert fetch(url) == (200, BIG)
+    assert cdn_gets(hub) == 1
 
 
 def test_crash_mid_fill_leaves_nothing_visible(hub: HubEmulator, tmp_path: Path) -> None:

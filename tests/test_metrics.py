@@ -115,6 +115,7 @@ def test_cardinality_stays_flat_across_distinct_repos(hub: HubEmulator, mirror: 
 def test_storage_gauges_and_readiness(hub: HubEmulator, mirror: MirrorThread) -> None:
     hub.add_repo("model", "org/m", {"w.safetensors": DATA})
     assert get(f"{mirror.url}/org/m/resolve/main/w.safetensors")[0] == 200
+    mirror.settle()
     # The measurer runs every minute; ask for a scan now rather than waiting.
     services = mirror.services
     count, total = mirror.call(services.storage.usage("blobs/"))

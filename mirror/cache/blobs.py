@@ -1,6 +1,8 @@
 """Blob lookup for serving: a cache hit reads the store, a miss joins (or starts) the fill.
 
-Both produce the same BlobBody, so the response code path is the same for hits and misses.
+Both produce the same BlobBody, so the response code path is the same for hits and misses. A blob
+whose bytes have all arrived and matched counts as cached while it is being published (the moment
+between the last byte and the fsync/rename or multipart completion): serving it needs no upstream.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Blobs:
         self.filler = filler
 
     async def is_cached(self, entry: FileEntry) -> bool:
+        if self.filler.finished(entry.blob_key) is not None:
+            return True
         return await self.storage.stat(entry.blob_key) is not None
 
     async def open(self, entry: FileEntry, token: str | None, start: int, end: int) -> BlobBody:
@@ -37,6 +41,9 @@ class Blobs:
             if path is not None:
                 return BlobBody(source="cache", path=path)
             return BlobBody(source="cache", chunks=self.storage.read_range(entry.blob_key, start, end))
+        finished = self.filler.finished(entry.blob_key)
+        if finished is not None:
+            return BlobBody(source="cache", chunks=finished.stream(start, end))
         if start > 0 and self.filler.recently_failed_verification(entry.blob_key):
             raise IntegrityError(
                 f"the last upstream copy of {entry.path} failed verification; refusing to resume a partial "

@@ -4,7 +4,9 @@ One Fill per blob key, however many clients ask at once (single-flight). The fil
 storage BlobWriter (nothing is buffered in memory beyond one chunk), hashes while it streams,
 resumes with Range when the upstream connection drops, and publishes only if the hash and size
 match. Followers read what has been written so far through the writer; the last byte is held back
-until the blob is verified, so no client can complete a download of bytes that failed the check.
+until the hash matches, so no client can complete a download of bytes that failed the check. The
+publish (fsync and rename, or completing a multipart upload) happens after that: clients do not wait
+for the disk, and a blob is visible to other readers only once it is durable.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ class Fill:
         self.written = 0
         self.upstream_bytes = 0
         self.resumes = 0
+        # complete: every byte arrived and the hash matched (servable from the writer);
+        # verified: also published in storage, so the writer is gone and storage serves it.
+        self.complete = False
         self.verified = False
         self.error: HubError | None = None
         self.writer: BlobWriter | None = None
@@ -130,8 +135,10 @@ class Fill:
             else:
                 self.writer = await self.storage.open_writer(self.entry.blob_key)
                 await self._download(self.writer)
+                self.complete = True
+                self._notify()  # followers may send the last byte while the blob is made durable
                 await self.writer.commit()
-            self.verified = True
+            self.complete = self.verified = True
         except asyncio.CancelledError:
             self.error = StorageError("fill cancelled: the mirror is shutting down")
             raise
@@ -226,7 +233,7 @@ class Fill:
                     yield chunk
 
     def _readable(self) -> int:
-        if self.verified:
+        if self.complete:
             return self.entry.size
         return max(0, min(self.written, self.entry.size - 1))
 
@@ -272,9 +279,12 @@ class Fill:
                 except WindowPassed:
                     # The store cannot read these bytes back before publishing (S3), and waiting for
                     # the commit could outlast the client's read timeout: fetch them ourselves.
+                    caught_up = pos
                     async for data in self._catch_up(pos, end):
                         pos += len(data)
                         yield data
+                    if pos == caught_up:
+                        await changed.wait()  # only the held-back last byte is left: wait for the publish
                     continue
                 except StorageError:
                     if self.done:
@@ -295,7 +305,7 @@ class Fill:
     async def _catch_up(self, pos: int, end: int) -> AsyncIterator[bytes]:
         """Serve a follower that fell behind the writer's window straight from upstream.
 
-        Ends when the follower is back inside the window, the fill is verified (storage serves the
+        Ends when the follower is back inside the window, the fill is published (storage serves the
         rest), or it reached the held-back last byte. Every chunk is checked against the fill's
         state first, so bytes that failed verification never complete a download.
         """
@@ -389,6 +399,11 @@ class Filler:
                 if integrity:
                     self.metrics.hash_mismatches.inc()
 
+    def finished(self, blob_key: str) -> Fill | None:
+        """The fill of this blob if all its bytes arrived and matched, and it is being published."""
+        fill = self._fills.get(blob_key)
+        return fill if fill is not None and fill.complete else None
+
     def recently_failed_verification(self, blob_key: str) -> bool:
         at = self._poisoned.get(blob_key)
         if at is None:
@@ -401,6 +416,10 @@ class Filler:
     @property
     def in_flight(self) -> int:
         return len(self._fills)
+
+    async def wait_idle(self) -> None:
+        """Return once every fill running now has ended (published, or failed and discarded)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):
