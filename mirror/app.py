@@ -35,6 +35,9 @@ def build_storage(config: Config) -> Storage:
             part_size=storage.s3_part_size,
             stale_upload_age=storage.s3_stale_upload_age,
             max_concurrency=storage.s3_max_concurrency,
+            presigned_redirects=storage.s3_presigned_redirects,
+            presigned_expiry=storage.s3_presigned_expiry,
+            public_endpoint=storage.s3_public_endpoint or None,
         )
     return LocalStorage(config.cache_dir)
 

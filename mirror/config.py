@@ -81,6 +81,14 @@ class StorageConfig:
     s3_stale_upload_age: float = 24 * 3600
     # Most S3 requests in flight at once (threads and pooled connections).
     s3_max_concurrency: int = 32
+    # Answer GETs of cached LFS files with a 302 to a presigned URL of the object, so clients that
+    # can reach the object store download from it directly (HEAD is still answered by the mirror).
+    s3_presigned_redirects: bool = False
+    # Seconds a presigned URL stays valid.
+    s3_presigned_expiry: int = 3600
+    # Endpoint written into presigned URLs, when clients reach the store at another address than
+    # the mirror does (https://s3.example.internal). Empty: s3_endpoint.
+    s3_public_endpoint: str = ""
 
 
 @dataclass
@@ -194,6 +202,11 @@ def _check_s3(storage: StorageConfig) -> None:
         raise ConfigError("storage.s3_stale_upload_age must be >= 0")
     if storage.s3_max_concurrency < 1:
         raise ConfigError("storage.s3_max_concurrency must be >= 1")
+    if storage.s3_public_endpoint:
+        _check_url("storage.s3_public_endpoint", storage.s3_public_endpoint)
+    # SigV4 presigned URLs are valid for at most 7 days.
+    if not 1 <= storage.s3_presigned_expiry <= 7 * 24 * 3600:
+        raise ConfigError("storage.s3_presigned_expiry must be between 1 and 604800 seconds")
 
 
 def _coerce(key: str, raw: Any, typ: Any) -> Any:

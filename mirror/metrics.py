@@ -80,6 +80,11 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.redirects = Counter(
+            "hub_mirror_object_store_redirects_total",
+            "GETs of cached files answered with a 302 to a presigned object-store URL",
+            registry=r,
+        )
         self.upstream_requests = Counter(
             "hub_mirror_upstream_requests_total",
             "Requests to upstream by kind (api, head, body) and status class",

@@ -9,6 +9,7 @@ from mirror.config import load_config
 from tests.hubemu import HubEmulator
 from tests.hubemu.fixtures import hub  # noqa: F401
 from tests.mirror_server import MirrorThread
+from tests.old_client import old_python  # noqa: F401
 
 
 def start_mirror(upstream_url: str, cache_dir: Path, **sections: dict) -> MirrorThread:

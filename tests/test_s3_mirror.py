@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -137,6 +138,64 @@ def test_cold_and_warm_downloads_through_s3(hub: HubEmulator, s3: S3Server, tmp_
         assert keys.blob_key(sha256_hex(BIG)) in stored and keys.blob_key(sha256_hex(SMALL)) in stored
         assert unfinished_uploads(s3, prefix) == []
         assert fetch(f"{mirror.url}/readyz")[0] == 200
+    finally:
+        mirror.stop()
+
+
+def test_presigned_redirects_send_clients_to_the_object_store(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path, old_python: str
+) -> None:
+    repo = hub.add_repo("model", "org/direct", {"w.safetensors": BIG, "config.json": CONFIG})
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    mirror = s3_mirror(hub, s3, tmp_path, prefix, s3_presigned_redirects=True, s3_presigned_expiry=600)
+    try:
+        url = f"{mirror.url}/org/direct/resolve/main/w.safetensors"
+        # Not cached yet: the mirror fills and streams the bytes itself.
+        status, body, headers = fetch(url)
+        assert (status, body == BIG, headers["X-Cache"]) == (200, True, "MISS")
+        mirror.settle()
+
+        # Cached: HEAD is still answered by the mirror, a GET is sent to the object store with
+        # the headers the HF client reads from the Hub's own CDN redirects.
+        conn = http.client.HTTPConnection("127.0.0.1", int(mirror.url.rsplit(":", 1)[1]), timeout=30)
+        conn.request("HEAD", "/org/direct/resolve/main/w.safetensors")
+        head = conn.getresponse()
+        head.read()
+        assert head.status == 200 and head.headers["Content-Length"] == str(len(BIG))
+        conn.request("GET", "/org/direct/resolve/main/w.safetensors", headers={"Range": "bytes=10-"})
+        found = conn.getresponse()
+        found.read()
+        conn.close()
+        assert found.status == 302
+        location = found.headers["Location"]
+        assert location.startswith(f"{s3.endpoint}/{BUCKET}/{prefix}/{keys.blob_key(sha256_hex(BIG))}?")
+        assert "X-Amz-Signature=" in location and "X-Amz-Expires=600" in location
+        assert found.headers["X-Linked-Etag"] == f'"{sha256_hex(BIG)}"'
+        assert found.headers["X-Linked-Size"] == str(len(BIG))
+        assert found.headers["X-Repo-Commit"] == repo.head()
+        assert "Content-Range" not in found.headers
+        # The presigned URL serves ranges and names the file, with no credentials of the client's.
+        status, body, headers = fetch(location, {"Range": "bytes=10-"})
+        assert (status, body == BIG[10:]) == (206, True)
+        assert 'filename="w.safetensors"' in headers["Content-Disposition"]
+
+        # The real clients, new and old, with a token: they follow the redirect and drop their
+        # Authorization header on leaving the mirror's origin (S3 would refuse a second auth).
+        script = """
+            out["w"] = hf_hub_download("org/direct", "w.safetensors")
+            out["c"] = hf_hub_download("org/direct", "config.json")
+        """
+        for python, home in ((sys.executable, "hf-new"), (old_python, "hf-old")):
+            out = run_client(mirror.url, script, tmp_path / home, python=python, env={"HF_TOKEN": "hf_user"})
+            assert Path(out["w"]).read_bytes() == BIG
+            assert Path(out["c"]).read_bytes() == CONFIG
+            assert Path(out["w"]).resolve().name == sha256_hex(BIG)
+        # config.json is not LFS: served by the mirror. Only the first fill went upstream.
+        status, body, headers = fetch(f"{mirror.url}/org/direct/resolve/main/config.json")
+        assert (status, body, headers["X-Cache"]) == (200, CONFIG, "HIT")
+        assert cdn_gets(hub) == 1
+        metrics = fetch(f"{mirror.url}/metrics")[1].decode()
+        assert "hub_mirror_object_store_redirects_total 3.0" in metrics
     finally:
         mirror.stop()
 
@@ -300,6 +359,11 @@ def test_serve_flags_select_the_s3_backend(hub: HubEmulator, s3: S3Server, tmp_p
         ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_endpoint": "minio:9000"}, "storage.s3_endpoint"),
         ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_prefix": "a/../b"}, "storage.s3_prefix"),
         ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_part_size": 1024}, "storage.s3_part_size"),
+        (
+            {"backend": "s3", "s3_bucket": "ok-bucket", "s3_public_endpoint": "s3.internal"},
+            "storage.s3_public_endpoint",
+        ),
+        ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_presigned_expiry": 0}, "storage.s3_presigned_expiry"),
         ({"backend": "gcs"}, "storage.backend must be 'local' or 's3'"),
     ],
 )

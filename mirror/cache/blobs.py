@@ -22,6 +22,7 @@ class BlobBody:
     source: str  # "cache" | "fill"
     path: Path | None = None  # a local file to sendfile from
     chunks: AsyncIterator[bytes] | None = None
+    url: str | None = None  # an object-store URL the client may fetch the blob from itself
 
 
 class Blobs:
@@ -34,9 +35,19 @@ class Blobs:
             return True
         return await self.storage.stat(entry.blob_key) is not None
 
-    async def open(self, entry: FileEntry, token: str | None, start: int, end: int) -> BlobBody:
-        """The bytes [start, end) of the entry's blob, from the cache or from a fill."""
+    async def open(
+        self, entry: FileEntry, token: str | None, start: int, end: int, disposition: str | None = None
+    ) -> BlobBody:
+        """The bytes [start, end) of the entry's blob, from the cache or from a fill.
+
+        With `disposition` (the Content-Disposition the client should get), a cached blob that the
+        store can hand out directly comes back as a URL instead.
+        """
         if await self.storage.stat(entry.blob_key) is not None:
+            if disposition is not None:
+                url = self.storage.download_url(entry.blob_key, disposition)
+                if url is not None:
+                    return BlobBody(source="cache", url=url)
             path = self.storage.local_path(entry.blob_key)
             if path is not None:
                 return BlobBody(source="cache", path=path)

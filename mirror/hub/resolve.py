@@ -2,7 +2,8 @@
 
 The mirror answers 200 itself (never a redirect to upstream or a CDN): hits and misses share this
 code, and the headers are those the HF client reads (X-Repo-Commit, ETag = content hash,
-X-Linked-Etag/X-Linked-Size for LFS, true Content-Length, Accept-Ranges).
+X-Linked-Etag/X-Linked-Size for LFS, true Content-Length, Accept-Ranges). The one redirect is
+opt-in: GETs of cached LFS files to a presigned URL of the mirror's own object store.
 """
 
 from __future__ import annotations
@@ -77,15 +78,31 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     if status == 200 and request.headers.get("If-None-Match", "").strip() == headers["ETag"]:
         return web.Response(status=304, headers={"ETag": headers["ETag"], "X-Repo-Commit": commit})
 
-    body = await services.blobs.open(entry, token, start, end)
+    # Only LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do.
+    disposition = headers["Content-Disposition"] if entry.is_lfs else None
+    body = await services.blobs.open(entry, token, start, end, disposition)
     headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
     stats = current_stats()
     if stats is not None:
         stats.cache = "hit" if body.source == "cache" else ("coalesced" if stats.joined_fill else "miss")
+    if body.url is not None:
+        services.metrics.redirects.inc()
+        return redirect(body.url, headers)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await send_body(request, response, body, start, end)
     return response
+
+
+def redirect(location: str, headers: dict[str, str]) -> web.Response:
+    """A 302 to the object store, with the file's headers, like the Hub's redirect to its CDN.
+
+    Clients follow it for the GET (dropping their Authorization header, as it leaves the origin) and
+    send their Range again; the presigned URL needs no credentials of theirs.
+    """
+    headers = {name: value for name, value in headers.items() if name not in ("Content-Range", "Content-Type")}
+    headers["Location"] = location
+    return web.Response(status=302, headers=headers, text=f"Found. Redirecting to {location}")
 
 
 async def send_body(request: web.Request, response: web.StreamResponse, body: BlobBody, start: int, end: int) -> None:

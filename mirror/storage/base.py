@@ -137,3 +137,11 @@ class Storage(abc.ABC):
     def local_path(self, key: str) -> Path | None:
         """A filesystem path of the published object, when the backend has one (sendfile)."""
         return None
+
+    def download_url(self, key: str, content_disposition: str) -> str | None:
+        """A URL that clients may fetch the published object from directly, or None.
+
+        Backends return one only when configured to (S3 presigned redirects). Making it must not
+        touch the network; the caller checks that the object exists.
+        """
+        return None

@@ -246,6 +246,9 @@ class S3Storage(Storage):
         read_timeout: float = 60.0,
         access_key: str | None = None,
         secret_key: str | None = None,
+        presigned_redirects: bool = False,
+        presigned_expiry: int = 3600,
+        public_endpoint: str | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"S3 part size must be at least {MIN_PART_SIZE} bytes")
@@ -276,6 +279,16 @@ class S3Storage(Storage):
             ),
         )
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="s3")
+        self.presigned_expiry = presigned_expiry
+        # Presigning is local computation (no request), but SigV4 signs the Host, so URLs for
+        # clients that reach the store elsewhere need a client configured with that endpoint.
+        self._presigner: Any = None
+        if presigned_redirects:
+            self._presigner = session.client(
+                "s3",
+                endpoint_url=public_endpoint or endpoint or None,
+                config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"}),
+            )
 
     def part_size_of(self, number: int) -> int:
         """The size of multipart part `number` (1-based)."""
@@ -346,6 +359,23 @@ class S3Storage(Storage):
         # Threads still blocked on the network finish on their own; nothing waits for them.
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+        if self._presigner is not None:
+            self._presigner.close()
+
+    def download_url(self, key: str, content_disposition: str) -> str | None:
+        if self._presigner is None:
+            return None
+        return str(
+            self._presigner.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": self.object_key(key),
+                    "ResponseContentDisposition": content_disposition,
+                },
+                ExpiresIn=self.presigned_expiry,
+            )
+        )
 
     # -- objects -----------------------------------------------------------------------------------
 
