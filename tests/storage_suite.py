@@ -334,6 +334,22 @@ async def test_invalid_keys_are_rejected(store: Storage, key: str) -> None:
     assert await list_keys(store, "") == []
 
 
+async def test_create_exclusive_creates_once_and_never_replaces(store: Storage) -> None:
+    assert await store.create_exclusive("leases/a.json", b"first")
+    assert not await store.create_exclusive("leases/a.json", b"second")
+    assert await store.get_bytes("leases/a.json") == b"first"
+    assert await store.delete("leases/a.json")
+    assert await store.create_exclusive("leases/a.json", b"third")
+    assert await store.get_bytes("leases/a.json") == b"third"
+    assert await list_keys(store, "") == ["leases/a.json"], "nothing else left behind"
+
+
+async def test_create_exclusive_has_one_winner_among_racers(store: Storage) -> None:
+    won = await asyncio.gather(*(store.create_exclusive("leases/race.json", b"racer %d" % i) for i in range(8)))
+    assert sum(won) == 1
+    assert await store.get_bytes("leases/race.json") == b"racer %d" % won.index(True)
+
+
 async def test_check_writable_passes_and_leaves_nothing_behind(store: Storage) -> None:
     await store.put_bytes("existing", b"x")
     await store.check_writable()
@@ -347,6 +363,8 @@ async def test_backend_failures_are_typed(broken_store: Storage) -> None:
     assert isinstance(put_error.value, StorageError) and put_error.value.status == 503
     with pytest.raises(StorageUnavailable):
         await broken_store.check_writable()
+    with pytest.raises(StorageUnavailable):
+        await broken_store.create_exclusive("leases/a.json", b"{}")
     with pytest.raises(StorageUnavailable):
         # Depending on the backend the failure shows at open, write or commit; it must be typed.
         writer = await broken_store.open_writer("blobs/x")

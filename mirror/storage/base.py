@@ -110,6 +110,14 @@ class Storage(abc.ABC):
         """Publish a small object atomically, replacing any previous one."""
 
     @abc.abstractmethod
+    async def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Publish a small object only if the key holds none; True if this call created it.
+
+        Atomic: of several callers racing on one key (in any process), exactly one gets True.
+        Replicas use it for leases (one fill of a blob across replicas).
+        """
+
+    @abc.abstractmethod
     async def open_writer(self, key: str) -> BlobWriter: ...
 
     @abc.abstractmethod

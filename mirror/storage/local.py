@@ -174,6 +174,27 @@ class LocalStorage(Storage):
             raise
         await writer.commit()
 
+    async def create_exclusive(self, key: str, data: bytes) -> bool:
+        final = self.path_of(key)
+        staging = self.staging / f"{uuid.uuid4().hex}.part"
+
+        def publish() -> bool:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging.write_bytes(data)
+            try:
+                # link(), unlike rename(), fails if the name exists: the whole file appears, or nothing.
+                os.link(staging, final)
+            except FileExistsError:
+                return False
+            finally:
+                staging.unlink(missing_ok=True)
+            return True
+
+        try:
+            return await asyncio.to_thread(publish)
+        except OSError as exc:
+            raise _unavailable(exc, f"create {key}") from exc
+
     async def open_writer(self, key: str) -> BlobWriter:
         check_key(key)
         try:

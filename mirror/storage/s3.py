@@ -439,6 +439,21 @@ class S3Storage(Storage):
         # One PUT replaces the object atomically.
         await self.call("write " + key, self.client.put_object, Bucket=self.bucket, Key=self.object_key(key), Body=data)
 
+    async def create_exclusive(self, key: str, data: bytes) -> bool:
+        # If-None-Match: * makes the PUT conditional (AWS S3 since 2024, MinIO, SeaweedFS).
+        try:
+            await self._run(
+                functools.partial(
+                    self.client.put_object, Bucket=self.bucket, Key=self.object_key(key), Body=data, IfNoneMatch="*"
+                )
+            )
+        except _STORE_ERRORS as exc:
+            # 412: the key exists; 409: a concurrent conditional write of it is in progress.
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise self.unavailable(exc, "create " + key) from exc
+        return True
+
     async def open_writer(self, key: str) -> BlobWriter:
         check_key(key)
         return S3Writer(self, key)
