@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from mirror.admin.routes import SCHEDULER, SYNC, add_admin_routes
+from mirror.cache.peers import Peers
 from mirror.config import Config
 from mirror.hub.errors import hub_errors
 from mirror.hub.observe import observe
@@ -47,7 +48,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     storage = build_storage(config)
     await storage.start()
     session = Upstream.new_session(config.upstream)
-    services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()))
+    peer_session = None
+    if config.server.advertise_url:
+        peer_session = Peers.new_session(config.upstream.connect_timeout, config.upstream.read_timeout)
+    services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()), peer_session)
     app[SERVICES] = services
     measurer = asyncio.create_task(measure_storage(services), name="measure-storage")
     sync = SyncManager(services, services.allowlist, services.pins)
@@ -65,6 +69,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await sync.close()
         await services.filler.close()
         await session.close()
+        if peer_session is not None:
+            await peer_session.close()
         await storage.close()
 
 

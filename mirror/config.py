@@ -32,6 +32,10 @@ class ServerConfig:
     # Absolute URL clients use to reach the mirror (behind a load balancer). Empty: taken from each
     # request's Host header. Used where the mirror must write its own address (pagination Link).
     public_url: str = ""
+    # URL at which the other replicas sharing this storage reach this one (http://10.0.0.5:8090).
+    # Set: a replica asked for a blob that another one is filling streams it from that one (one
+    # upstream fetch across replicas). Empty: each replica fills on its own.
+    advertise_url: str = ""
 
 
 @dataclass
@@ -60,6 +64,9 @@ class CacheConfig:
     # After a blob fails verification, Range resumes of it are refused for this long, so a client
     # holding a prefix of the bad bytes cannot stitch it to good ones.
     poisoned_resume_window: float = 120.0
+    # Seconds a fill lease lasts without renewal (renewed every third of it while the fill runs);
+    # used with server.advertise_url. Replicas' clocks must agree to well within it.
+    fill_lease_ttl: float = 30.0
 
 
 @dataclass
@@ -149,11 +156,15 @@ class Config:
         _check_url("upstream.url", self.upstream.url)
         if self.server.public_url:
             _check_url("server.public_url", self.server.public_url)
+        if self.server.advertise_url:
+            _check_url("server.advertise_url", self.server.advertise_url)
         for name in ("revision_ttl", "access_ttl", "refs_ttl", "poisoned_resume_window"):
             if getattr(self.cache, name) < 0:
                 raise ConfigError(f"cache.{name} must be >= 0")
         if self.cache.chunk_size < 4096:
             raise ConfigError("cache.chunk_size must be at least 4096 bytes")
+        if self.cache.fill_lease_ttl < 3:
+            raise ConfigError("cache.fill_lease_ttl must be at least 3 seconds")
         if self.upstream.resume_attempts < 0 or self.upstream.max_connections < 1:
             raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
         if self.storage.backend not in ("local", "s3"):
@@ -168,6 +179,7 @@ class Config:
             raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
         self.upstream.url = self.upstream.url.rstrip("/")
         self.server.public_url = self.server.public_url.rstrip("/")
+        self.server.advertise_url = self.server.advertise_url.rstrip("/")
         return self
 
     @property

@@ -85,6 +85,12 @@ class Metrics:
             "GETs of cached files answered with a 302 to a presigned object-store URL",
             registry=r,
         )
+        self.peer_fills = Counter(
+            "hub_mirror_peer_fills_total",
+            "Misses that another replica was filling: streamed from it, or filled here when it was unreachable",
+            ["outcome"],
+            registry=r,
+        )
         self.upstream_requests = Counter(
             "hub_mirror_upstream_requests_total",
             "Requests to upstream by kind (api, head, body) and status class",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
 from mirror.admin.allowlist import AllowList
 from mirror.cache.blobs import Blobs
 from mirror.cache.entries import Entries
 from mirror.cache.fill import Filler
+from mirror.cache.leases import FillLeases
 from mirror.cache.metadata import Metadata
+from mirror.cache.peers import Peers
 from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
 from mirror.cache.revisions import Revisions
@@ -42,7 +45,10 @@ class Services:
     upstream_probe: tuple[bool, float] | None = None
 
     @classmethod
-    def build(cls, config: Config, storage: Storage, upstream: Upstream) -> Services:
+    def build(
+        cls, config: Config, storage: Storage, upstream: Upstream, peer_session: aiohttp.ClientSession | None = None
+    ) -> Services:
+        """`peer_session` (given when server.advertise_url is set) enables fill leases across replicas."""
         metrics = upstream.metrics or Metrics()
         records = Records(storage)
         policy = AccessPolicy(upstream, records, config.cache.access_ttl)
@@ -55,7 +61,11 @@ class Services:
         )
         pins = Pins(records, allowlist)
         revisions.pins = pins
-        filler = Filler(storage, upstream, config.cache, config.upstream, metrics)
+        leases = peers = None
+        if peer_session is not None:
+            leases = FillLeases(storage, config.server.advertise_url, config.cache.fill_lease_ttl)
+            peers = Peers(peer_session, metrics)
+        filler = Filler(storage, upstream, config.cache, config.upstream, metrics, leases)
         metrics.track_fills(lambda: filler.in_flight)
         return cls(
             config=config,
@@ -66,7 +76,7 @@ class Services:
             revisions=revisions,
             entries=Entries(upstream, records),
             filler=filler,
-            blobs=Blobs(storage, filler),
+            blobs=Blobs(storage, filler, peers),
             metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl),
             metrics=metrics,
             allowlist=allowlist,

@@ -12,11 +12,11 @@ from tests.mirror_server import MirrorThread
 from tests.old_client import old_python  # noqa: F401
 
 
-def start_mirror(upstream_url: str, cache_dir: Path, **sections: dict) -> MirrorThread:
+def start_mirror(upstream_url: str, cache_dir: Path, port: int = 0, **sections: dict) -> MirrorThread:
     overrides = {"upstream": {"url": upstream_url, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
-    return MirrorThread(load_config(None, overrides, environ={})).start()
+    return MirrorThread(load_config(None, overrides, environ={}), port).start()
 
 
 @pytest.fixture

@@ -28,8 +28,10 @@ T = TypeVar("T")
 
 
 class MirrorThread:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, port: int = 0) -> None:
+        """`port` 0: any free one (server.port is ignored, so tests never clash)."""
         self.config = config
+        self.port = port
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="mirror", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -53,7 +55,7 @@ class MirrorThread:
         app.middlewares.insert(0, record)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
@@ -92,8 +94,8 @@ def free_port() -> int:
 class MirrorProcess:
     """`hub-mirror serve` as a real process, for CLI and crash tests."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mirror", "serve", "--port", str(self.port), *args],

@@ -212,6 +212,8 @@ def test_missing_file(tmp_path: Path) -> None:
     [
         ({"cache": {"revision_ttl": -1}}, r"cache\.revision_ttl must be >= 0"),
         ({"cache": {"chunk_size": 1024}}, r"cache\.chunk_size must be at least 4096"),
+        ({"cache": {"fill_lease_ttl": 1}}, r"cache\.fill_lease_ttl must be at least 3 seconds"),
+        ({"server": {"advertise_url": "10.0.0.5:8090"}}, r"server\.advertise_url must be an http\(s\) URL"),
         ({"upstream": {"max_connections": 0}}, r"upstream\.max_connections >= 1"),
         ({"storage": {"backend": "ftp"}}, r"storage\.backend must be 'local' or 's3', got 'ftp'"),
         ({"log": {"format": "xml"}}, r"log\.format must be 'text' or 'json'"),

@@ -28,7 +28,7 @@ from mirror.storage.s3 import MIN_PART_SIZE
 from tests.client import run_client
 from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess, MirrorThread
+from tests.mirror_server import MirrorProcess, MirrorThread, free_port
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 BUCKET = "hub-mirror"
@@ -61,8 +61,8 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-def s3_mirror(hub: HubEmulator, server: S3Server, tmp_path: Path, prefix: str, **settings: Any) -> MirrorThread:
-    storage = {
+def s3_settings(server: S3Server, prefix: str, **settings: Any) -> dict[str, Any]:
+    return {
         "backend": "s3",
         "s3_endpoint": server.endpoint,
         "s3_bucket": BUCKET,
@@ -70,7 +70,12 @@ def s3_mirror(hub: HubEmulator, server: S3Server, tmp_path: Path, prefix: str, *
         "s3_part_size": MIN_PART_SIZE,
         **settings,
     }
-    return start_mirror(hub.url, tmp_path / f"work-{uuid.uuid4().hex[:8]}", storage=storage)
+
+
+def s3_mirror(hub: HubEmulator, server: S3Server, tmp_path: Path, prefix: str, **settings: Any) -> MirrorThread:
+    return start_mirror(
+        hub.url, tmp_path / f"work-{uuid.uuid4().hex[:8]}", storage=s3_settings(server, prefix, **settings)
+    )
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
@@ -222,6 +227,117 @@ def test_two_replicas_share_one_bucket(hub: HubEmulator, s3: S3Server, tmp_path:
     finally:
         first.stop()
         second.stop()
+
+
+def replica(hub: HubEmulator, s3: S3Server, tmp_path: Path, prefix: str) -> MirrorThread:
+    """A mirror on the shared bucket that advertises itself to the others (fill leases on)."""
+    port = free_port()
+    return start_mirror(
+        hub.url,
+        tmp_path / f"work-{uuid.uuid4().hex[:8]}",
+        port,
+        server={"advertise_url": f"http://127.0.0.1:{port}"},
+        storage=s3_settings(s3, prefix),
+    )
+
+
+def metric(url: str, sample: str) -> float:
+    for line in fetch(f"{url}/metrics")[1].decode().splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_replicas_with_fill_leases_fetch_a_blob_from_upstream_once(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path
+) -> None:
+    hub.add_repo("model", "org/lease", {"w.safetensors": BIG})
+    hub.faults.throttle(4 * MIB)  # about 1.5 s: all four requests overlap
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    replicas = [replica(hub, s3, tmp_path, prefix) for _ in range(2)]
+    try:
+        results: list[Any] = [None] * 4
+
+        def get(i: int) -> None:
+            results[i] = fetch(f"{replicas[i % 2].url}/org/lease/resolve/main/w.safetensors")[:2]
+
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == [(200, BIG)] * 4
+        # One replica won the lease and filled; the other streamed its clients' bytes from it.
+        assert cdn_gets(hub) == 1
+        streamed = [metric(m.url, 'hub_mirror_peer_fills_total{outcome="streamed"}') for m in replicas]
+        assert sorted(streamed)[0] == 0 and sorted(streamed)[1] >= 1
+        assert sum(m.services.filler.started for m in replicas) == 1
+        for m in replicas:
+            m.settle()
+        stored = object_keys(s3, prefix)
+        assert keys.blob_key(sha256_hex(BIG)) in stored
+        assert not [k for k in stored if k.startswith("leases/")], "the lease is released after the publish"
+        assert unfinished_uploads(s3, prefix) == []
+    finally:
+        for m in replicas:
+            m.stop()
+
+
+def test_a_replica_takes_over_the_fill_of_one_that_died(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    hub.add_repo("model", "org/orphan", {"w.safetensors": BIG})
+    hub.faults.throttle(2 * MIB)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    holder = MirrorProcess(
+        "--upstream",
+        hub.url,
+        "--cache-dir",
+        str(tmp_path / "holder"),
+        "--storage",
+        "s3",
+        "--s3-endpoint",
+        s3.endpoint,
+        "--s3-bucket",
+        BUCKET,
+        "--s3-prefix",
+        prefix,
+        env={
+            "HUB_MIRROR_SERVER_ADVERTISE_URL": f"http://127.0.0.1:{port}",
+            "HUB_MIRROR_STORAGE_S3_PART_SIZE": str(MIN_PART_SIZE),
+        },
+        port=port,
+    ).wait_ready()
+    other = replica(hub, s3, tmp_path, prefix)
+    path = "/org/orphan/resolve/main/w.safetensors"
+    try:
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(urllib.request.urlopen(holder.url + path, timeout=60))
+            deadline = time.monotonic() + 10
+            while not [k for k in object_keys(s3, prefix) if k.startswith("leases/")]:
+                assert time.monotonic() < deadline, "the holder took no lease"
+                time.sleep(0.05)
+            # The other replica streams from the holder's fill ...
+            second = stack.enter_context(urllib.request.urlopen(other.url + path, timeout=60))
+            received = second.read(MIB)
+            assert metric(other.url, 'hub_mirror_peer_fills_total{outcome="streamed"}') == 1
+            # ... until the holder dies: the body is cut, and what arrived is right.
+            holder.kill()
+            with contextlib.suppress(http.client.IncompleteRead, ConnectionError):
+                while chunk := second.read(MIB):
+                    received += chunk
+            assert len(received) < len(BIG) and received == BIG[: len(received)]
+            with contextlib.suppress(http.client.IncompleteRead, ConnectionError):
+                first.read()
+        # Asked again, the other replica finds the lease live but its holder gone: it fills itself.
+        hub.faults.clear()
+        assert fetch(other.url + path)[:2] == (200, BIG)
+        assert metric(other.url, 'hub_mirror_peer_fills_total{outcome="unreachable"}') == 1
+        assert other.services.filler.started == 1
+        other.settle()
+        assert keys.blob_key(sha256_hex(BIG)) in object_keys(s3, prefix)
+    finally:
+        other.stop()
+        holder.stop()
 
 
 def test_concurrent_cold_fills_on_two_replicas_publish_one_whole_blob(

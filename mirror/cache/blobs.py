@@ -3,6 +3,8 @@
 Both produce the same BlobBody, so the response code path is the same for hits and misses. A blob
 whose bytes have all arrived and matched counts as cached while it is being published (the moment
 between the last byte and the fsync/rename or multipart completion): serving it needs no upstream.
+With fill leases (replicas sharing storage), a miss that another replica is filling is streamed
+from that replica (source "peer"); if it cannot be reached, this replica takes the fill over.
 """
 
 from __future__ import annotations
@@ -12,23 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.cache.entries import FileEntry
-from mirror.cache.fill import Filler
+from mirror.cache.fill import Fill, Filler
+from mirror.cache.peers import Peers
 from mirror.errors import IntegrityError
 from mirror.storage import Storage
 
 
 @dataclass
 class BlobBody:
-    source: str  # "cache" | "fill"
+    source: str  # "cache" | "fill" | "peer"
     path: Path | None = None  # a local file to sendfile from
     chunks: AsyncIterator[bytes] | None = None
     url: str | None = None  # an object-store URL the client may fetch the blob from itself
 
 
 class Blobs:
-    def __init__(self, storage: Storage, filler: Filler) -> None:
+    def __init__(self, storage: Storage, filler: Filler, peers: Peers | None = None) -> None:
         self.storage = storage
         self.filler = filler
+        self.peers = peers
 
     async def is_cached(self, entry: FileEntry) -> bool:
         if self.filler.finished(entry.blob_key) is not None:
@@ -36,31 +40,55 @@ class Blobs:
         return await self.storage.stat(entry.blob_key) is not None
 
     async def open(
-        self, entry: FileEntry, token: str | None, start: int, end: int, disposition: str | None = None
+        self,
+        entry: FileEntry,
+        token: str | None,
+        start: int,
+        end: int,
+        disposition: str | None = None,
+        *,
+        may_proxy: bool = True,
     ) -> BlobBody:
-        """The bytes [start, end) of the entry's blob, from the cache or from a fill.
+        """The bytes [start, end) of the entry's blob, from the cache, a fill, or a peer's fill.
 
         With `disposition` (the Content-Disposition the client should get), a cached blob that the
-        store can hand out directly comes back as a URL instead.
+        store can hand out directly comes back as a URL instead. `may_proxy` is False for requests
+        from other replicas, which are never passed on again.
         """
-        if await self.storage.stat(entry.blob_key) is not None:
-            if disposition is not None:
-                url = self.storage.download_url(entry.blob_key, disposition)
-                if url is not None:
-                    return BlobBody(source="cache", url=url)
-            path = self.storage.local_path(entry.blob_key)
-            if path is not None:
-                return BlobBody(source="cache", path=path)
-            return BlobBody(source="cache", chunks=self.storage.read_range(entry.blob_key, start, end))
-        finished = self.filler.finished(entry.blob_key)
-        if finished is not None:
-            return BlobBody(source="cache", chunks=finished.stream(start, end))
-        if start > 0 and self.filler.recently_failed_verification(entry.blob_key):
-            raise IntegrityError(
-                f"the last upstream copy of {entry.path} failed verification; refusing to resume a partial "
-                "download of it. Start the download again from the beginning."
-            )
-        fill = self.filler.join(entry, token)
+        key = entry.blob_key
+        may_proxy = may_proxy and self.peers is not None
+        while True:
+            if await self.storage.stat(key) is not None:
+                if disposition is not None:
+                    url = self.storage.download_url(key, disposition)
+                    if url is not None:
+                        return BlobBody(source="cache", url=url)
+                path = self.storage.local_path(key)
+                if path is not None:
+                    return BlobBody(source="cache", path=path)
+                return BlobBody(source="cache", chunks=self.storage.read_range(key, start, end))
+            finished = self.filler.finished(key)
+            if finished is not None:
+                return BlobBody(source="cache", chunks=finished.stream(start, end))
+            if start > 0 and self.filler.recently_failed_verification(key):
+                raise IntegrityError(
+                    f"the last upstream copy of {entry.path} failed verification; refusing to resume a partial "
+                    "download of it. Start the download again from the beginning."
+                )
+            started = await self.filler.start(entry, token, may_proxy=may_proxy)
+            if isinstance(started, Fill):
+                return await self._from_fill(started, start, end)
+            assert self.peers is not None
+            chunks = await self.peers.open(started, entry, token, start, end)
+            if chunks is not None:
+                return BlobBody(source="peer", chunks=chunks)
+            # The holder cannot serve it. Look once more (it may have just published), then fill here.
+            if await self.storage.stat(key) is None and self.filler.finished(key) is None:
+                return await self._from_fill(await self.filler.take_over(entry, token), start, end)
+            may_proxy = False  # and serve what was just published
+
+    @staticmethod
+    async def _from_fill(fill: Fill, start: int, end: int) -> BlobBody:
         # Early failures (upstream down, access revoked) become a proper error status, not a cut body.
         await fill.wait_readable(start)
         return BlobBody(source="fill", chunks=fill.stream(start, end))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from mirror.cache.entries import FileEntry
+from mirror.cache.leases import FillLeases, Lease
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
@@ -338,7 +339,7 @@ class Fill:
 
 
 class Filler:
-    """Starts and tracks fills; at most one per blob key."""
+    """Starts and tracks fills; at most one per blob key (and, with leases, one across replicas)."""
 
     def __init__(
         self,
@@ -347,8 +348,11 @@ class Filler:
         cache: CacheConfig,
         upstream_cfg: UpstreamConfig,
         metrics: Metrics | None = None,
+        leases: FillLeases | None = None,
     ) -> None:
         self.metrics = metrics
+        self.leases = leases
+        self._leased: set[str] = set()  # blob keys whose fill lease this replica holds
         self.storage = storage
         self.upstream = upstream
         self.cache = cache
@@ -358,6 +362,31 @@ class Filler:
         self._poisoned: dict[str, float] = {}
         self.started = 0
         self.coalesced = 0
+
+    async def start(self, entry: FileEntry, token: str | None, *, may_proxy: bool = True) -> Fill | Lease:
+        """The fill of this blob, joined or started here, or the live lease of another replica.
+
+        Without leases (no server.advertise_url) this is join(). With them, a fill started here
+        holds the blob's lease while it runs, and when another replica holds it (and `may_proxy`)
+        its lease is returned so the caller streams the blob from that replica.
+        """
+        key = entry.blob_key
+        if self.leases is None or key in self._fills:
+            return self.join(entry, token)
+        holder = await self.leases.claim(key)
+        if holder is not None and may_proxy:
+            return holder
+        if holder is None:
+            self._leased.add(key)
+        return self.join(entry, token)
+
+    async def take_over(self, entry: FileEntry, token: str | None) -> Fill:
+        """Fill here although another replica holds the lease (it could not be reached)."""
+        key = entry.blob_key
+        if self.leases is not None and key not in self._fills:
+            await self.leases.take(key)
+            self._leased.add(key)
+        return self.join(entry, token)
 
     def join(self, entry: FileEntry, token: str | None, throttle: Throttle | None = None) -> Fill:
         """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
@@ -387,12 +416,20 @@ class Filler:
 
     async def _run(self, fill: Fill) -> None:
         started = time.monotonic()
+        key = fill.entry.blob_key
+        renewal = asyncio.create_task(self._renew(key)) if self.leases is not None else None
         try:
             await fill.run()
         finally:
-            key = fill.entry.blob_key
             if self._fills.get(key) is fill:
                 del self._fills[key]
+            if renewal is not None:
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
+            if self.leases is not None and key in self._leased:
+                self._leased.discard(key)
+                # After the publish: a replica that reads the lease now finds the blob first.
+                await self.leases.release(key)
             integrity = isinstance(fill.error, IntegrityError)
             if integrity:
                 self._poisoned[key] = time.monotonic()
@@ -401,6 +438,13 @@ class Filler:
                 self.metrics.fill_duration.labels(outcome).observe(time.monotonic() - started)
                 if integrity:
                     self.metrics.hash_mismatches.inc()
+
+    async def _renew(self, key: str) -> None:
+        assert self.leases is not None
+        while True:
+            await asyncio.sleep(self.leases.ttl / 3)
+            if key in self._leased and not await self.leases.renew(key):
+                self._leased.discard(key)  # taken over by a replica that could not reach us
 
     def finished(self, blob_key: str) -> Fill | None:
         """The fill of this blob if all its bytes arrived and matched, and it is being published."""

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from mirror.cache.blobs import BlobBody
 from mirror.cache.entries import FileEntry
+from mirror.cache.peers import PEER_HEADER
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range
 from mirror.metrics import current_stats
@@ -78,13 +79,16 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     if status == 200 and request.headers.get("If-None-Match", "").strip() == headers["ETag"]:
         return web.Response(status=304, headers={"ETag": headers["ETag"], "X-Repo-Commit": commit})
 
+    # A request from another replica (streaming a fill of ours) is never passed on or redirected.
+    from_peer = PEER_HEADER in request.headers
     # Only LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do.
-    disposition = headers["Content-Disposition"] if entry.is_lfs else None
-    body = await services.blobs.open(entry, token, start, end, disposition)
+    disposition = headers["Content-Disposition"] if entry.is_lfs and not from_peer else None
+    body = await services.blobs.open(entry, token, start, end, disposition, may_proxy=not from_peer)
     headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
     stats = current_stats()
     if stats is not None:
-        stats.cache = "hit" if body.source == "cache" else ("coalesced" if stats.joined_fill else "miss")
+        joined = stats.joined_fill or body.source == "peer"
+        stats.cache = "hit" if body.source == "cache" else ("coalesced" if joined else "miss")
     if body.url is not None:
         services.metrics.redirects.inc()
         return redirect(body.url, headers)
