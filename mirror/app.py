@@ -36,6 +36,7 @@ def build_storage(config: Config) -> Storage:
             part_size=storage.s3_part_size,
             stale_upload_age=storage.s3_stale_upload_age,
             max_concurrency=storage.s3_max_concurrency,
+            parts_in_flight=storage.s3_parts_in_flight,
             presigned_redirects=storage.s3_presigned_redirects,
             presigned_expiry=storage.s3_presigned_expiry,
             public_endpoint=storage.s3_public_endpoint or None,

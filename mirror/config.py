@@ -81,13 +81,16 @@ class StorageConfig:
     s3_prefix: str = ""
     s3_region: str = "us-east-1"
     # Bytes per multipart part (doubling every 1,000 parts, so no object is too large): each fill
-    # holds about two parts in memory, which is also how far behind a fill a client can follow it.
+    # holds the part being filled and the parts uploading (s3_parts_in_flight) in memory; a client
+    # can follow a fill while it is less than about one part behind it.
     s3_part_size: int = 8 * 1024 * 1024
     # Unfinished multipart uploads older than this (seconds) are aborted at start: crashed fills
     # leave them. Keep it well above the longest fill, since other replicas may still be writing.
     s3_stale_upload_age: float = 24 * 3600
     # Most S3 requests in flight at once (threads and pooled connections).
     s3_max_concurrency: int = 32
+    # Multipart parts of one fill uploading at once; each holds a part in memory until it is stored.
+    s3_parts_in_flight: int = 2
     # Answer GETs of cached LFS files with a 302 to a presigned URL of the object, so clients that
     # can reach the object store download from it directly (HEAD is still answered by the mirror).
     s3_presigned_redirects: bool = False
@@ -214,6 +217,8 @@ def _check_s3(storage: StorageConfig) -> None:
         raise ConfigError("storage.s3_stale_upload_age must be >= 0")
     if storage.s3_max_concurrency < 1:
         raise ConfigError("storage.s3_max_concurrency must be >= 1")
+    if not 1 <= storage.s3_parts_in_flight <= 16:
+        raise ConfigError("storage.s3_parts_in_flight must be between 1 and 16")
     if storage.s3_public_endpoint:
         _check_url("storage.s3_public_endpoint", storage.s3_public_endpoint)
     # SigV4 presigned URLs are valid for at most 7 days.

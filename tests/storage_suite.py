@@ -254,7 +254,8 @@ async def test_readers_racing_a_replacement_see_whole_copies(store: Storage) -> 
 
 async def test_large_object_streams_without_buffering(store: Storage) -> None:
     # 64 MiB in 1 MiB chunks; traced peak well below the object size shows neither the writer nor
-    # read_range kept the whole object in memory.
+    # read_range kept the whole object in memory. A writer may hold a few parts: S3 holds the one
+    # being filled and two uploading (5 MiB each here), each read once more by the HTTP client.
     expected, actual = hashlib.sha256(), hashlib.sha256()
     tracemalloc.start()
     try:
@@ -274,7 +275,7 @@ async def test_large_object_streams_without_buffering(store: Storage) -> None:
         tracemalloc.stop()
     assert info.size == 64 * MIB
     assert actual.hexdigest() == expected.hexdigest()
-    assert peak < 16 * MIB, f"peak traced memory {peak} bytes while streaming a 64 MiB object"
+    assert peak < 24 * MIB, f"peak traced memory {peak} bytes while streaming a 64 MiB object"
 
 
 # --- listing --------------------------------------------------------------------------------------

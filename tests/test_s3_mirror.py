@@ -480,6 +480,7 @@ def test_serve_flags_select_the_s3_backend(hub: HubEmulator, s3: S3Server, tmp_p
             "storage.s3_public_endpoint",
         ),
         ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_presigned_expiry": 0}, "storage.s3_presigned_expiry"),
+        ({"backend": "s3", "s3_bucket": "ok-bucket", "s3_parts_in_flight": 0}, "storage.s3_parts_in_flight"),
         ({"backend": "gcs"}, "storage.backend must be 'local' or 's3'"),
     ],
 )

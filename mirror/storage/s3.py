@@ -5,7 +5,8 @@ store's own bounded thread pool and the event loop never blocks. Credentials com
 AWS chain (environment, profiles, instance roles) unless given explicitly (tests).
 
 Writers publish atomically: small objects with one PUT, larger ones as a multipart upload whose
-parts go up while the bytes arrive and which becomes visible only when completed on `commit`
+parts go up while the bytes arrive (up to `parts_in_flight` at once: one PUT stream is slower than
+the store) and which becomes visible only when completed on `commit`
 (after the fill verified the hash). Two writers of one key run two independent uploads, and the
 last one completed wins whole. Unfinished uploads are invisible to readers and listings; the ones
 a crashed fill leaves behind are aborted at start once they are older than `stale_upload_age`.
@@ -95,7 +96,7 @@ class S3Writer(BlobWriter):
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []  # completed parts
         self._parts_sent = 0
-        self._uploading: asyncio.Future[None] | None = None
+        self._uploading: set[asyncio.Future[None]] = set()  # part uploads in flight
         self._state = "open"  # "open" | "committed" | "aborted"
 
     @property
@@ -112,8 +113,8 @@ class S3Writer(BlobWriter):
             await self._send_buffer()
 
     async def _send_buffer(self) -> None:
-        """Start uploading the full buffer as the next part; at most one part is in flight."""
-        await self._wait_upload()
+        """Start uploading the full buffer as the next part, once fewer than parts_in_flight are."""
+        await self._wait_upload(keep=self._storage.parts_in_flight - 1)
         if self._upload_id is None:
             response = await self._storage.call(
                 "start an upload of " + self.key,
@@ -131,7 +132,7 @@ class S3Writer(BlobWriter):
         part, number = self._buffer, self._parts_sent
         self._previous, self._previous_start = part, self._buffer_start
         self._buffer, self._buffer_start = bytearray(), self.written
-        self._uploading = asyncio.ensure_future(self._upload_part(number, part))
+        self._uploading.add(asyncio.ensure_future(self._upload_part(number, part)))
 
     async def _upload_part(self, number: int, part: bytearray) -> None:
         response = await self._storage.call(
@@ -145,10 +146,18 @@ class S3Writer(BlobWriter):
         )
         self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
 
-    async def _wait_upload(self) -> None:
-        uploading, self._uploading = self._uploading, None
-        if uploading is not None:
-            await uploading
+    async def _wait_upload(self, keep: int = 0) -> None:
+        """Wait until at most `keep` part uploads are in flight; a failed one raises here."""
+        while self._uploading:
+            finished = {upload for upload in self._uploading if upload.done()}
+            if not finished:
+                if len(self._uploading) <= keep:
+                    return
+                await asyncio.wait(self._uploading, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            self._uploading -= finished
+            for upload in finished:
+                upload.result()
 
     async def read_written(self, offset: int, length: int) -> bytes:
         if self._state != "open":
@@ -207,9 +216,8 @@ class S3Writer(BlobWriter):
         if self._state != "open":
             return
         self._state = "aborted"
-        uploading, self._uploading = self._uploading, None
-        if uploading is not None:
-            await asyncio.gather(uploading, return_exceptions=True)
+        uploading, self._uploading = self._uploading, set()
+        await asyncio.gather(*uploading, return_exceptions=True)
         self._release()
         if self._upload_id is None:
             return
@@ -242,6 +250,7 @@ class S3Storage(Storage):
         part_size: int = DEFAULT_PART_SIZE,
         stale_upload_age: float = 24 * 3600,
         max_concurrency: int = 32,
+        parts_in_flight: int = 2,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         access_key: str | None = None,
@@ -256,6 +265,7 @@ class S3Storage(Storage):
         self.endpoint = endpoint
         self.prefix = check_key(prefix.strip("/")) + "/" if prefix.strip("/") else ""
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
         self.stale_upload_age = stale_upload_age
         self._where = f"{endpoint or 'AWS S3'}, bucket {bucket}"
         # A session of our own: boto3's module-level default session would be global state.
