@@ -402,13 +402,40 @@ print(n, time.perf_counter() - start)
 """
 
 
+# The store's own write rate: boto3's managed multipart upload (8 MiB parts, 10 threads) of the same size.
+_BOTO_PUT = """
+import io, os, sys, time, boto3
+from botocore.config import Config
+endpoint, bucket, key, access, secret, size = sys.argv[1:7]
+client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access,
+                      aws_secret_access_key=secret, config=Config(s3={"addressing_style": "path"},
+                      request_checksum_calculation="when_required"))
+data = io.BytesIO(os.urandom(int(size)))
+start = time.perf_counter()
+client.upload_fileobj(data, bucket, key)
+print(time.perf_counter() - start)
+"""
+
+
+def boto3_seconds(script: str, server_endpoint: str, bucket: str, key: str, *extra: str) -> list[str]:
+    from tests.s3server import ACCESS_KEY, SECRET_KEY
+
+    return subprocess.run(
+        [sys.executable, "-c", script, server_endpoint, bucket, key, ACCESS_KEY, SECRET_KEY, *extra],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout.split()
+
+
 def s3(ctx: Ctx) -> None:
     from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
     s, size, res = ctx.settings, len(ctx.data), ctx.results
     server = S3Server(ctx.root / "s3").start()
     env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    rates: dict[str, list[float]] = {"direct": [], "cold": [], "warm": [], "boto3": []}
+    rates: dict[str, list[float]] = {"direct": [], "cold": [], "warm": [], "boto3": [], "put": []}
     try:
         bucket = server.create_bucket("bench")
         for run in range(s.runs):
@@ -428,31 +455,30 @@ def s3(ctx: Ctx) -> None:
                 rates["warm"].append(checked(curl(file_url(m.url)), size).mb_per_s)
             objects = server.client().list_objects_v2(Bucket=bucket, Prefix=f"r{run}/")["Contents"]
             key = max(objects, key=lambda o: o["Size"])["Key"]
-            out = subprocess.run(
-                [sys.executable, "-c", _BOTO_GET, server.endpoint, bucket, key, ACCESS_KEY, SECRET_KEY],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=600,
-            ).stdout.split()
+            out = boto3_seconds(_BOTO_GET, server.endpoint, bucket, key)
             if int(out[0]) != size:
                 raise RuntimeError(f"boto3 GET read {out[0]} bytes")
             rates["boto3"].append(size / MB / float(out[1]))
+            out = boto3_seconds(_BOTO_PUT, server.endpoint, bucket, f"put-{run}", str(size))
+            rates["put"].append(size / MB / float(out[0]))
             shutil.rmtree(ctx.root / f"s3-{run}", ignore_errors=True)
     finally:
         server.close()
-    direct, boto = median(rates["direct"]), median(rates["boto3"])
+    direct, boto, put = median(rates["direct"]), median(rates["boto3"]), median(rates["put"])
+    cold = median(rates["cold"])
     res.add(Row("6 s3", "direct from emulator", direct, "MB/s", runs=s.runs))
     res.add(Row("6 s3", "boto3 GET from SeaweedFS", boto, "MB/s", runs=s.runs))
+    res.add(Row("6 s3", "boto3 multipart PUT to SeaweedFS", put, "MB/s", runs=s.runs, note="the store's write rate"))
     res.add(
         Row(
             "6 s3",
             "mirror cold fill into S3",
-            median(rates["cold"]),
+            cold,
             "MB/s",
-            "direct",
-            ratio(median(rates["cold"]), direct),
+            "boto3 PUT",
+            ratio(cold, put),
             s.runs,
+            note=f"{cold / boto:.2f} x boto3 GET, {cold / direct:.2f} x direct",
         )
     )
     res.add(
