@@ -87,6 +87,21 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, 
         return exc.code, exc.read(), dict(exc.headers)
 
 
+def fetch_together(urls: list[str]) -> list[tuple[int, bytes]]:
+    """(status, body) of each URL, all requested at once from threads of their own."""
+    results: list[Any] = [None] * len(urls)
+
+    def get(i: int) -> None:
+        results[i] = fetch(urls[i])[:2]
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(len(urls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
 def object_keys(server: S3Server, prefix: str) -> list[str]:
     page = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
     return [item["Key"][len(prefix) + 1 :] for item in page.get("Contents", [])]
@@ -256,16 +271,7 @@ def test_replicas_with_fill_leases_fetch_a_blob_from_upstream_once(
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     replicas = [replica(hub, s3, tmp_path, prefix) for _ in range(2)]
     try:
-        results: list[Any] = [None] * 4
-
-        def get(i: int) -> None:
-            results[i] = fetch(f"{replicas[i % 2].url}/org/lease/resolve/main/w.safetensors")[:2]
-
-        threads = [threading.Thread(target=get, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = fetch_together([f"{replicas[i % 2].url}/org/lease/resolve/main/w.safetensors" for i in range(4)])
         assert results == [(200, BIG)] * 4
         # One replica won the lease and filled; the other streamed its clients' bytes from it.
         assert cdn_gets(hub) == 1
@@ -348,16 +354,7 @@ def test_concurrent_cold_fills_on_two_replicas_publish_one_whole_blob(
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     mirrors = [s3_mirror(hub, s3, tmp_path, prefix) for _ in range(2)]
     try:
-        results: list[Any] = [None, None]
-
-        def get(i: int) -> None:
-            results[i] = fetch(f"{mirrors[i].url}/org/race/resolve/main/w.safetensors")[:2]
-
-        threads = [threading.Thread(target=get, args=(i,)) for i in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        results = fetch_together([f"{m.url}/org/race/resolve/main/w.safetensors" for m in mirrors])
         assert results == [(200, BIG), (200, BIG)]
         # Without a cross-replica lease each replica may fetch once; the last upload completed wins
         # whole, and neither leaves an unfinished upload behind.
