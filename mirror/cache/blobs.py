@@ -35,8 +35,11 @@ class Blobs:
         self.peers = peers
 
     async def is_cached(self, entry: FileEntry) -> bool:
-        if self.filler.finished(entry.blob_key) is not None:
-            return True
+        """Servable without upstream: published, or complete in a fill being published."""
+        return self.filler.finished(entry.blob_key) is not None or await self.is_stored(entry)
+
+    async def is_stored(self, entry: FileEntry) -> bool:
+        """Published in storage: durable, whatever happens to a fill still publishing it."""
         return await self.storage.stat(entry.blob_key) is not None
 
     async def open(

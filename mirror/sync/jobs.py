@@ -264,7 +264,8 @@ class SyncManager:
                     lambda: services.entries.get(repo, commit, item.path, token), self.config.rate_limit_retries
                 )
                 item.size = entry.size
-                if await services.blobs.is_cached(entry):
+                # Stored, not merely cached: the branch moves only once every blob is durable.
+                if await services.blobs.is_stored(entry):
                     item.state, item.done = "cached", entry.size
                     return
                 item.state = "downloading"
