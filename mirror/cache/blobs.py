@@ -85,10 +85,8 @@ class Blobs:
             chunks = await self.peers.open(started, entry, token, start, end)
             if chunks is not None:
                 return BlobBody(source="peer", chunks=chunks)
-            # The holder cannot serve it. Look once more (it may have just published), then fill here.
-            if await self.storage.stat(key) is None and self.filler.finished(key) is None:
-                return await self._from_fill(await self.filler.take_over(entry, token), start, end)
-            may_proxy = False  # and serve what was just published
+            # The holder cannot serve it: look once more (it may have just published), else fill here.
+            may_proxy = False
 
     @staticmethod
     async def _from_fill(fill: Fill, start: int, end: int) -> BlobBody:

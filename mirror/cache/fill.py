@@ -367,25 +367,19 @@ class Filler:
         """The fill of this blob, joined or started here, or the live lease of another replica.
 
         Without leases (no server.advertise_url) this is join(). With them, a fill started here
-        holds the blob's lease while it runs, and when another replica holds it (and `may_proxy`)
-        its lease is returned so the caller streams the blob from that replica.
+        holds the blob's lease while it runs. When another replica holds it, its lease is returned
+        if `may_proxy` (the caller streams the blob from that replica); otherwise (that replica
+        could not be reached, or this request came from a replica) this one takes the lease over.
         """
         key = entry.blob_key
         if self.leases is None or key in self._fills:
             return self.join(entry, token)
         holder = await self.leases.claim(key)
-        if holder is not None and may_proxy:
-            return holder
-        if holder is None:
-            self._leased.add(key)
-        return self.join(entry, token)
-
-    async def take_over(self, entry: FileEntry, token: str | None) -> Fill:
-        """Fill here although another replica holds the lease (it could not be reached)."""
-        key = entry.blob_key
-        if self.leases is not None and key not in self._fills:
-            await self.leases.take(key)
-            self._leased.add(key)
+        if holder is not None:
+            if may_proxy:
+                return holder
+            await self.leases.take(key)  # filling here anyway: the others should come here
+        self._leased.add(key)
         return self.join(entry, token)
 
     def join(self, entry: FileEntry, token: str | None, throttle: Throttle | None = None) -> Fill:
