@@ -72,6 +72,24 @@ def s3_settings(server: S3Server, prefix: str, **settings: Any) -> dict[str, Any
     }
 
 
+def s3_serve_args(hub: HubEmulator, server: S3Server, work: Path, prefix: str) -> list[str]:
+    """`hub-mirror serve` flags for the emulator upstream and an S3 cache in the test bucket."""
+    return [
+        "--upstream",
+        hub.url,
+        "--cache-dir",
+        str(work),
+        "--storage",
+        "s3",
+        "--s3-endpoint",
+        server.endpoint,
+        "--s3-bucket",
+        BUCKET,
+        "--s3-prefix",
+        prefix,
+    ]
+
+
 def s3_mirror(hub: HubEmulator, server: S3Server, tmp_path: Path, prefix: str, **settings: Any) -> MirrorThread:
     return start_mirror(
         hub.url, tmp_path / f"work-{uuid.uuid4().hex[:8]}", storage=s3_settings(server, prefix, **settings)
@@ -295,18 +313,7 @@ def test_a_replica_takes_over_the_fill_of_one_that_died(hub: HubEmulator, s3: S3
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     port = free_port()
     holder = MirrorProcess(
-        "--upstream",
-        hub.url,
-        "--cache-dir",
-        str(tmp_path / "holder"),
-        "--storage",
-        "s3",
-        "--s3-endpoint",
-        s3.endpoint,
-        "--s3-bucket",
-        BUCKET,
-        "--s3-prefix",
-        prefix,
+        *s3_serve_args(hub, s3, tmp_path / "holder", prefix),
         env={
             "HUB_MIRROR_SERVER_ADVERTISE_URL": f"http://127.0.0.1:{port}",
             "HUB_MIRROR_STORAGE_S3_PART_SIZE": str(MIN_PART_SIZE),
@@ -439,22 +446,7 @@ def test_object_store_killed_mid_fill_and_restarted(hub: HubEmulator, tmp_path: 
 def test_serve_flags_select_the_s3_backend(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
     hub.add_repo("model", "org/cli", {"w.safetensors": SMALL})
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    process = MirrorProcess(
-        "--upstream",
-        hub.url,
-        "--cache-dir",
-        str(tmp_path / "work"),
-        "--storage",
-        "s3",
-        "--s3-endpoint",
-        s3.endpoint,
-        "--s3-bucket",
-        BUCKET,
-        "--s3-prefix",
-        prefix,
-        "--s3-region",
-        "us-east-1",
-    ).wait_ready()
+    process = MirrorProcess(*s3_serve_args(hub, s3, tmp_path / "work", prefix), "--s3-region", "us-east-1").wait_ready()
     try:
         assert fetch(f"{process.url}/org/cli/resolve/main/w.safetensors")[:2] == (200, SMALL)
         process.settle()
