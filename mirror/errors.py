@@ -41,6 +41,10 @@ class MethodNotAllowed(HubError):
         )
 
 
+class PreconditionFailed(HubError):
+    status = 412
+
+
 class RangeNotSatisfiable(HubError):
     status = 416
 

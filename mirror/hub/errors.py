@@ -34,16 +34,31 @@ def error_response(error: HubError) -> web.Response:
 async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except HubError as exc:
-        if exc.status >= 500:
-            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        return error_response(exc)
     except web.HTTPException:
+        _cut_if_started(request)
         raise
     except (ConnectionResetError, OSError) as exc:
         # The client went away while we were answering: nothing to send.
         log.debug("client connection lost: %s", exc)
         raise
+    except HubError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+        _cut_if_started(request)
+        return error_response(exc)
     except Exception:
         log.exception("unhandled error for %s %s", request.method, request.path)
+        _cut_if_started(request)
         return error_response(HubError("internal error in the mirror", status=500))
+
+
+def _cut_if_started(request: web.Request) -> None:
+    """Close the connection if this request's status line and headers are already out.
+
+    A second response on a keep-alive connection would be read as the answer to the client's next
+    request, shifting every later answer by one. Cut, aiohttp cannot write the error either.
+    """
+    writer = request.writer
+    if writer is not None and writer.output_size > 0 and request.transport is not None:
+        log.warning("%s %s failed after its headers were sent; closing the connection", request.method, request.path)
+        request.transport.abort()

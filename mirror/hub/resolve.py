@@ -19,6 +19,9 @@ from aiohttp import web
 from mirror.cache.blobs import BlobBody
 from mirror.cache.entries import FileEntry
 from mirror.cache.peers import PEER_HEADER
+from mirror.errors import PreconditionFailed
+from mirror.hub.conditional import precondition_status, range_applies
+from mirror.hub.errors import error_response
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range
 from mirror.metrics import current_stats
@@ -58,10 +61,10 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     entry = await services.entries.get(target.repo, commit, target.path, token)
     headers = file_headers(entry)
 
-    if_range = request.headers.get("If-Range")
-    range_header = request.headers.get("Range")
-    if if_range is not None and if_range.strip() != headers["ETag"]:
-        range_header = None  # the client's partial copy is of other content: send it all
+    precondition = precondition_status(request.headers, headers["ETag"], request.method)
+    if precondition is not None:
+        return not_modified(entry, precondition)
+    range_header = request.headers.get("Range") if range_applies(request.headers, headers["ETag"]) else None
     span = parse_range(range_header, entry.size)
     start, end = span if span else (0, entry.size)
     status = 206 if span else 200
@@ -75,9 +78,6 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
         await response.prepare(request)
         await response.write_eof()
         return response
-
-    if status == 200 and request.headers.get("If-None-Match", "").strip() == headers["ETag"]:
-        return web.Response(status=304, headers={"ETag": headers["ETag"], "X-Repo-Commit": commit})
 
     # A request from another replica (streaming a fill of ours) is never passed on or redirected.
     from_peer = PEER_HEADER in request.headers
@@ -98,6 +98,14 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     return response
 
 
+def not_modified(entry: FileEntry, status: int) -> web.Response:
+    """304 (the client's copy is current) or 412 (If-Match named other content), without a body."""
+    headers = {"ETag": f'"{entry.etag}"', "X-Repo-Commit": entry.commit}
+    if status == 412:
+        return error_response(PreconditionFailed(f'{entry.path} has ETag "{entry.etag}", not the one If-Match names'))
+    return web.Response(status=status, headers=headers)
+
+
 def redirect(location: str, headers: dict[str, str]) -> web.Response:
     """A 302 to the object store, with the file's headers, like the Hub's redirect to its CDN.
 
@@ -110,48 +118,69 @@ def redirect(location: str, headers: dict[str, str]) -> web.Response:
 
 
 async def send_body(request: web.Request, response: web.StreamResponse, body: BlobBody, start: int, end: int) -> None:
+    """Send [start, end) after the headers; a failure once they are out cuts the connection.
+
+    The headers promise exactly end - start bytes. Once they are on the wire, nothing may follow
+    but those bytes: a second response (an error page) on a keep-alive connection would shift every
+    later answer on it by one, and the client would store one file's bytes under another's name.
+    """
     served = request.app[SERVICES].metrics.bytes_served.labels(body.source)
     stats = current_stats()
-    if body.path is not None:
+    handle = None
+    if body.path is not None and end > start:
         # Opened before the headers go out, so a vanished file is still an error status.
-        with open(body.path, "rb") as handle:
-            await response.prepare(request)
-            await _sendfile(request, response, handle, start, end)
-        served.inc(end - start)
-        if stats is not None:
-            stats.bytes_sent += end - start
-        await response.write_eof()
-        return
-    assert body.chunks is not None
-    await response.prepare(request)
+        handle = open(body.path, "rb")  # noqa: SIM115 (closed below, after the headers went out)
     try:
-        async for chunk in body.chunks:
-            await response.write(chunk)
-            served.inc(len(chunk))
+        await response.prepare(request)
+        sent = 0
+        try:
+            if handle is not None:
+                sent = await _sendfile(request, response, handle, start, end)
+            elif body.chunks is not None:
+                async for chunk in body.chunks:
+                    await response.write(chunk)
+                    sent += len(chunk)
+                    served.inc(len(chunk))
+                    if stats is not None:
+                        stats.bytes_sent += len(chunk)
+            if sent != end - start:
+                raise ConnectionResetError(f"body ended after {sent} of {end - start} bytes")
+        except Exception as exc:
+            # The only honest signal left is to cut the connection: the client sees a short body
+            # (and retries) rather than a complete wrong one.
+            log.warning("aborting %s after a failure mid-body: %s", request.path, exc)
+            cut(request)
+            return
+        if handle is not None:
+            served.inc(sent)
             if stats is not None:
-                stats.bytes_sent += len(chunk)
-    except Exception as exc:
-        # Headers are gone already: the only honest signal left is to cut the connection, so the
-        # client sees a short body (and retries) rather than a complete wrong one.
-        log.warning("aborting %s after a failure mid-body: %s", request.path, exc)
-        if request.transport is not None:
-            request.transport.abort()
-        return
-    await response.write_eof()
+                stats.bytes_sent += sent
+        await response.write_eof()
+    finally:
+        if handle is not None:
+            handle.close()
 
 
-async def _sendfile(request: web.Request, response: web.StreamResponse, handle: BinaryIO, start: int, end: int) -> None:
+def cut(request: web.Request) -> None:
+    """Drop the client's connection: after the headers, this is how a failed body must end."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _sendfile(request: web.Request, response: web.StreamResponse, handle: BinaryIO, start: int, end: int) -> int:
+    """Bytes sent: fewer than asked when the file on disk is shorter than its entry says."""
     transport = request.transport
-    if transport is None:
+    if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
     try:
-        await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
+        return await asyncio.get_running_loop().sendfile(transport, handle, start, end - start)
     except NotImplementedError:
         handle.seek(start)
         remaining = end - start
         while remaining > 0:
             data = await asyncio.to_thread(handle.read, min(1024 * 1024, remaining))
             if not data:
-                break
+                raise ConnectionResetError(f"cached file ended {remaining} bytes early") from None
             remaining -= len(data)
             await response.write(data)
+        return end - start
