@@ -23,6 +23,7 @@ from mirror.sync.scheduler import Scheduler
 from mirror.upstream import Upstream
 
 CONFIG = web.AppKey("config", Config)
+STORAGE = web.AppKey("storage", Storage)
 
 
 def build_storage(config: Config) -> Storage:
@@ -46,7 +47,7 @@ def build_storage(config: Config) -> Storage:
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    storage = build_storage(config)
+    storage = app[STORAGE] if STORAGE in app else build_storage(config)
     await storage.start()
     session = Upstream.new_session(config.upstream)
     peer_session = None
@@ -75,10 +76,13 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.close()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, storage: Storage | None = None) -> web.Application:
+    """The mirror's app; `storage` replaces the configured backend (tests wrap one to inject faults)."""
     # observe is outermost so it sees the status hub_errors produced.
     app = web.Application(middlewares=[observe, hub_errors], client_max_size=16 * 1024 * 1024)
     app[CONFIG] = config
+    if storage is not None:
+        app[STORAGE] = storage
     app.cleanup_ctx.append(_lifetime)
     add_ops_routes(app)
     add_admin_routes(app)

@@ -64,6 +64,9 @@ class CacheConfig:
     # After a blob fails verification, Range resumes of it are refused for this long, so a client
     # holding a prefix of the bad bytes cannot stitch it to good ones.
     poisoned_resume_window: float = 120.0
+    # Longest one storage operation of a fill may take (a chunk write, discarding a failed fill;
+    # the publish gets five times this) before the fill fails instead of hanging with its clients.
+    storage_timeout: float = 120.0
     # Seconds a fill lease lasts without renewal (renewed every third of it while the fill runs);
     # used with server.advertise_url. Replicas' clocks must agree to well within it.
     fill_lease_ttl: float = 30.0
@@ -164,6 +167,8 @@ class Config:
         for name in ("revision_ttl", "access_ttl", "refs_ttl", "poisoned_resume_window"):
             if getattr(self.cache, name) < 0:
                 raise ConfigError(f"cache.{name} must be >= 0")
+        if self.cache.storage_timeout <= 0:
+            raise ConfigError("cache.storage_timeout must be > 0")
         if self.cache.chunk_size < 4096:
             raise ConfigError("cache.chunk_size must be at least 4096 bytes")
         if self.cache.fill_lease_ttl < 3:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mirror.config import load_config
+from mirror.storage import Storage
 from mirror.storage.s3 import MIN_PART_SIZE
 from tests.hubemu import HubEmulator
 from tests.hubemu.fixtures import hub  # noqa: F401
@@ -18,11 +19,14 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 SHARED_BUCKET = "hub-mirror-shared"
 
 
-def start_mirror(upstream_url: str, cache_dir: Path, port: int = 0, **sections: dict) -> MirrorThread:
+def start_mirror(
+    upstream_url: str, cache_dir: Path, port: int = 0, store: Storage | None = None, **sections: dict
+) -> MirrorThread:
+    """A mirror of `upstream_url`; config `sections` override the defaults, `store` the backend."""
     overrides = {"upstream": {"url": upstream_url, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
-    return MirrorThread(load_config(None, overrides, environ={}), port).start()
+    return MirrorThread(load_config(None, overrides, environ={}), port, store).start()
 
 
 @pytest.fixture

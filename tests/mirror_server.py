@@ -23,14 +23,17 @@ from aiohttp import web
 from mirror.app import create_app
 from mirror.config import Config
 from mirror.services import SERVICES, Services
+from mirror.storage import Storage
 
 T = TypeVar("T")
 
 
 class MirrorThread:
-    def __init__(self, config: Config, port: int = 0) -> None:
-        """`port` 0: any free one (server.port is ignored, so tests never clash)."""
+    def __init__(self, config: Config, port: int = 0, storage: Storage | None = None) -> None:
+        """`port` 0: any free one (server.port is ignored, so tests never clash); `storage` replaces
+        the configured backend (a fault-injecting wrapper, say)."""
         self.config = config
+        self.storage = storage
         self.port = port
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="mirror", daemon=True)
@@ -45,7 +48,7 @@ class MirrorThread:
         return self
 
     async def _start(self) -> None:
-        app = create_app(self.config)
+        app = create_app(self.config, self.storage)
 
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:

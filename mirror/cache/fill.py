@@ -17,8 +17,8 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -28,10 +28,11 @@ from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
 from mirror.storage import BlobWriter, Storage
-from mirror.storage.base import WindowPassed
+from mirror.storage.base import StorageUnavailable, WindowPassed
 from mirror.upstream import RetryableBodyError, Upstream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Throttle(Protocol):
@@ -89,6 +90,29 @@ def content_hasher(entry: FileEntry) -> Any:
     return hasher
 
 
+async def _hand_over(queue: asyncio.Queue[bytes | None], item: bytes | None, store: asyncio.Task[None]) -> None:
+    """Queue `item` for the storing task; if that task has stopped, raise its error instead.
+
+    Waiting on a full queue whose consumer died (disk full, object store down) would freeze the
+    fill, and every client of the blob with it, until a restart.
+    """
+    while True:
+        if store.done():
+            store.result()  # raises the storage error that ended it
+            raise StorageUnavailable("the fill's storing task ended before the last chunk")
+        if not queue.full():
+            queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(queue.put(item))
+        try:
+            await asyncio.wait({put, store}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+        if put.done() and not put.cancelled():
+            return
+
+
 class Fill:
     def __init__(
         self,
@@ -100,8 +124,10 @@ class Fill:
         resume_attempts: int,
         metrics: Metrics | None = None,
         throttle: Throttle | None = None,
+        storage_timeout: float = 120.0,
     ) -> None:
         self.entry = entry
+        self.storage_timeout = storage_timeout
         self.metrics = metrics
         self.throttle = throttle
         self.token = token
@@ -137,11 +163,12 @@ class Fill:
                 # Another fill published it between the caller's lookup and now.
                 self.written = self.entry.size
             else:
-                self.writer = await self.storage.open_writer(self.entry.blob_key)
+                self.writer = await self._bounded(self.storage.open_writer(self.entry.blob_key), "open a writer")
                 await self._download(self.writer)
                 self.complete = True
                 self._notify()  # followers may send the last byte while the blob is made durable
-                await self.writer.commit()
+                # A publish moves the whole blob (fsync, or the last parts): allow it more time.
+                await self._bounded(self.writer.commit(), "publish", self.storage_timeout * 5)
             self.complete = self.verified = True
         except asyncio.CancelledError:
             self.error = StorageError("fill cancelled: the mirror is shutting down")
@@ -153,8 +180,21 @@ class Fill:
             self.error = StorageError(f"fill failed: {type(exc).__name__}")
         finally:
             if not self.verified and self.writer is not None:
-                await self.writer.abort()
+                # Staging bytes must not outlive a failed fill (a full disk stays full otherwise),
+                # but a hanging store must not keep the fill from ending either.
+                try:
+                    await self._bounded(self.writer.abort(), "discard the staging object")
+                except (StorageError, OSError) as exc:
+                    log.warning("could not discard the staging object of %s: %s", self.entry.blob_key, exc)
             self._notify()
+
+    async def _bounded(self, operation: Awaitable[T], what: str, timeout: float | None = None) -> T:
+        """A storage operation of this fill, failed as StorageUnavailable if it hangs."""
+        limit = self.storage_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(operation, limit)
+        except asyncio.TimeoutError:
+            raise StorageUnavailable(f"storage did not {what} for {self.entry.blob_key} within {limit:.0f} s") from None
 
     async def _download(self, writer: BlobWriter) -> None:
         """Receive from upstream while a second task hashes and writes, through a small queue.
@@ -168,7 +208,7 @@ class Fill:
         store = asyncio.create_task(self._store(queue, hasher, writer))
         try:
             await self._receive(queue, store)
-            await queue.put(None)
+            await _hand_over(queue, None, store)
             await store
         finally:
             if not store.done():
@@ -184,7 +224,7 @@ class Fill:
     async def _store(self, queue: asyncio.Queue[bytes | None], hasher: Any, writer: BlobWriter) -> None:
         while (chunk := await queue.get()) is not None:
             # hashlib releases the GIL: hash in a worker while the writer writes.
-            await asyncio.gather(asyncio.to_thread(hasher.update, chunk), writer.write(chunk))
+            await asyncio.gather(asyncio.to_thread(hasher.update, chunk), self._bounded(writer.write(chunk), "write"))
             self._recent.append((self.written, chunk))
             self.written += len(chunk)
             self._notify()
@@ -199,9 +239,7 @@ class Fill:
                     async for chunk in chunks:
                         if offset + len(chunk) > entry.size:
                             raise IntegrityError(f"upstream sent more than the {entry.size} bytes of {entry.path}")
-                        if store.done():
-                            store.result()  # a storage failure ends the fill now
-                        await queue.put(chunk)
+                        await _hand_over(queue, chunk, store)
                         if self.throttle is not None:
                             await self.throttle.consume(len(chunk))
                         offset += len(chunk)
@@ -400,6 +438,7 @@ class Filler:
             self.upstream_cfg.resume_attempts,
             self.metrics,
             throttle,
+            self.cache.storage_timeout,
         )
         self._fills[entry.blob_key] = fill
         self.started += 1

@@ -12,8 +12,9 @@ import errno
 import os
 import stat as stat_module
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiofiles
 import aiofiles.os
@@ -28,6 +29,7 @@ from mirror.storage.base import (
 )
 
 READ_CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 def _unavailable(exc: OSError, what: str) -> StorageUnavailable:
@@ -43,14 +45,31 @@ class LocalWriter(BlobWriter):
         self._path = staging_path
         self._fd = os.open(staging_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self._closed = False
-        # Reads run in worker threads; the fd is closed only once none is using it, so a number
-        # reused by another open() can never be read by a follower.
-        self._reads = 0
+        # Reads, writes and the fsync run in worker threads, which go on even when the caller gave
+        # up waiting (a hanging disk); the fd is closed only once none is using it, so a number
+        # reused by another open() is never read or written through this writer.
+        self._fd_users = 0
         self._close_wanted = False
+
+    async def _on_fd(self, func: Callable[..., T], *args: object) -> T:
+        if self._close_wanted:
+            raise StorageUnavailable(f"local storage: writer of {self.key} is closed")
+        self._fd_users += 1
+        work = asyncio.ensure_future(asyncio.to_thread(func, self._fd, *args))
+        work.add_done_callback(self._release_fd)
+        # Shielded: a caller that stops waiting must not release the fd while the thread holds it.
+        return await asyncio.shield(work)
+
+    def _release_fd(self, work: asyncio.Future[object]) -> None:
+        if not work.cancelled():
+            work.exception()  # retrieved here: a caller that stopped waiting never will
+        self._fd_users -= 1
+        if self._close_wanted and self._fd_users == 0:
+            self._close_fd()
 
     async def write(self, data: bytes) -> None:
         try:
-            await asyncio.to_thread(_write_all, self._fd, data)
+            await self._on_fd(_write_all, data)
         except OSError as exc:
             raise _unavailable(exc, "write") from exc
         self.written += len(data)
@@ -61,18 +80,12 @@ class LocalWriter(BlobWriter):
             raise StorageUnavailable(f"local storage: writer of {self.key} is closed")
         if length == 0:
             return b""
-        self._reads += 1
-        try:
-            return await asyncio.to_thread(os.pread, self._fd, length, offset)
-        finally:
-            self._reads -= 1
-            if self._close_wanted and self._reads == 0:
-                self._close_fd()
+        return await self._on_fd(os.pread, length, offset)
 
     async def commit(self) -> ObjectInfo:
         final = self._storage.path_of(self.key)
         try:
-            await asyncio.to_thread(os.fsync, self._fd)
+            await self._on_fd(os.fsync)
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
             # One rename: readers of the key see the old state or the whole new object.
             await aiofiles.os.replace(self._path, final)
@@ -89,7 +102,7 @@ class LocalWriter(BlobWriter):
 
     def _close_fd(self) -> None:
         self._close_wanted = True
-        if not self._closed and self._reads == 0:
+        if not self._closed and self._fd_users == 0:
             self._closed = True
             os.close(self._fd)
 
