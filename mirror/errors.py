@@ -45,6 +45,13 @@ class PreconditionFailed(HubError):
     status = 412
 
 
+class ResumeRefused(HubError):
+    """A Range request for a blob that clients may hold bad bytes of (see cache/poison.py)."""
+
+    status = 409
+    code = "ResumeRefused"
+
+
 class RangeNotSatisfiable(HubError):
     status = 416
 

@@ -14,6 +14,7 @@ from mirror.cache.fill import Filler
 from mirror.cache.leases import FillLeases
 from mirror.cache.metadata import Metadata
 from mirror.cache.peers import Peers
+from mirror.cache.poison import PoisonLedger
 from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
 from mirror.cache.revisions import Revisions
@@ -65,7 +66,7 @@ class Services:
         if peer_session is not None:
             leases = FillLeases(storage, config.server.advertise_url, config.cache.fill_lease_ttl)
             peers = Peers(peer_session, metrics)
-        filler = Filler(storage, upstream, config.cache, config.upstream, metrics, leases)
+        filler = Filler(storage, upstream, config.cache, config.upstream, metrics, leases, PoisonLedger(storage))
         metrics.track_fills(lambda: filler.in_flight)
         return cls(
             config=config,

@@ -16,7 +16,6 @@ from pathlib import Path
 from mirror.cache.entries import FileEntry
 from mirror.cache.fill import Fill, Filler
 from mirror.cache.peers import Peers
-from mirror.errors import IntegrityError
 from mirror.storage import Storage
 
 
@@ -37,6 +36,10 @@ class Blobs:
     async def is_cached(self, entry: FileEntry) -> bool:
         """Servable without upstream: published, or complete in a fill being published."""
         return self.filler.finished(entry.blob_key) is not None or await self.is_stored(entry)
+
+    async def resume_unsafe(self, entry: FileEntry) -> bool:
+        """Whether Range requests for this blob must get the whole file (see cache/poison.py)."""
+        return self.filler.poison is not None and await self.filler.poison.resume_unsafe(entry.etag)
 
     async def is_stored(self, entry: FileEntry) -> bool:
         """Published in storage: durable, whatever happens to a fill still publishing it."""
@@ -73,11 +76,6 @@ class Blobs:
             finished = self.filler.finished(key)
             if finished is not None:
                 return BlobBody(source="cache", chunks=finished.stream(start, end))
-            if start > 0 and self.filler.recently_failed_verification(key):
-                raise IntegrityError(
-                    f"the last upstream copy of {entry.path} failed verification; refusing to resume a partial "
-                    "download of it. Start the download again from the beginning."
-                )
             started = await self.filler.start(entry, token, may_proxy=may_proxy)
             if isinstance(started, Fill):
                 return await self._from_fill(started, start, end)

@@ -24,6 +24,7 @@ import aiohttp
 
 from mirror.cache.entries import FileEntry
 from mirror.cache.leases import FillLeases, Lease
+from mirror.cache.poison import PoisonLedger
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
@@ -125,8 +126,12 @@ class Fill:
         metrics: Metrics | None = None,
         throttle: Throttle | None = None,
         storage_timeout: float = 120.0,
+        poison: PoisonLedger | None = None,
     ) -> None:
         self.entry = entry
+        self.poison = poison
+        # End offset of the furthest byte this fill handed to a client before it was verified.
+        self.handed_out = 0
         self.storage_timeout = storage_timeout
         self.metrics = metrics
         self.throttle = throttle
@@ -175,6 +180,9 @@ class Fill:
             raise
         except HubError as exc:
             self.error = exc
+            if isinstance(exc, IntegrityError) and self.handed_out and self.poison is not None:
+                # Before the followers hear of it (finally: _notify), so no resume can slip in.
+                self.poison.mark(self.entry.etag, self.handed_out, exc.message)
         except Exception as exc:  # storage or programming errors must still end the followers
             log.exception("fill of %s failed", self.entry.blob_key)
             self.error = StorageError(f"fill failed: {type(exc).__name__}")
@@ -279,6 +287,21 @@ class Fill:
             return self.entry.size
         return max(0, min(self.written, self.entry.size - 1))
 
+    def _sendable(self, end: int) -> int:
+        """How far a response ending at `end` may go now: its last byte waits for the hash.
+
+        Every response, a Range of the middle of the file too, holds back its own last byte until
+        the whole blob is verified, so no client completes any download, or any segment of one,
+        with bytes that then fail the check.
+        """
+        if self.complete:
+            return end
+        return max(0, min(self.written, end - 1))
+
+    def _handed(self, pos: int) -> None:
+        if not self.complete and pos > self.handed_out:
+            self.handed_out = pos
+
     async def wait_progress(self, timeout: float) -> None:
         """Return when more bytes arrived or the fill ended (or after `timeout` seconds)."""
         if not self.done:
@@ -308,22 +331,24 @@ class Fill:
                 return
             if self.error is not None:
                 raise self.error
-            limit = self._readable()
-            recent = self._from_memory(pos, min(limit, end))
+            limit = self._sendable(end)
+            recent = self._from_memory(pos, limit)
             if recent:
                 pos += len(recent)
+                self._handed(pos)
                 yield recent
                 continue
             if pos < limit and self.writer is not None:
                 changed = self._changed
                 try:
-                    data = await self.writer.read_written(pos, min(self.chunk_size, limit - pos, end - pos))
+                    data = await self.writer.read_written(pos, min(self.chunk_size, limit - pos))
                 except WindowPassed:
                     # The store cannot read these bytes back before publishing (S3), and waiting for
                     # the commit could outlast the client's read timeout: fetch them ourselves.
                     caught_up = pos
                     async for data in self._catch_up(pos, end):
                         pos += len(data)
+                        self._handed(pos)
                         yield data
                     if pos == caught_up:
                         await changed.wait()  # only the held-back last byte is left: wait for the publish
@@ -336,6 +361,7 @@ class Fill:
                     await changed.wait()
                     continue
                 pos += len(data)
+                self._handed(pos)
                 yield data
             else:
                 await self._changed.wait()
@@ -348,11 +374,11 @@ class Fill:
         """Serve a follower that fell behind the writer's window straight from upstream.
 
         Ends when the follower is back inside the window, the fill is published (storage serves the
-        rest), or it reached the held-back last byte. Every chunk is checked against the fill's
-        state first, so bytes that failed verification never complete a download.
+        rest), or it reached the response's held-back last byte. Every chunk is checked against the
+        fill's state first, so bytes that failed verification never complete a download.
         """
         entry = self.entry
-        limit = min(end, entry.size - 1)
+        limit = end - 1
         failures = 0
         while pos < limit and not self.verified and not self._back_in_window(pos):
             if self.error is not None:
@@ -387,6 +413,7 @@ class Filler:
         upstream_cfg: UpstreamConfig,
         metrics: Metrics | None = None,
         leases: FillLeases | None = None,
+        poison: PoisonLedger | None = None,
     ) -> None:
         self.metrics = metrics
         self.leases = leases
@@ -395,9 +422,9 @@ class Filler:
         self.upstream = upstream
         self.cache = cache
         self.upstream_cfg = upstream_cfg
+        self.poison = poison
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._poisoned: dict[str, float] = {}
         self.started = 0
         self.coalesced = 0
 
@@ -439,6 +466,7 @@ class Filler:
             self.metrics,
             throttle,
             self.cache.storage_timeout,
+            self.poison,
         )
         self._fills[entry.blob_key] = fill
         self.started += 1
@@ -464,8 +492,8 @@ class Filler:
                 # After the publish: a replica that reads the lease now finds the blob first.
                 await self.leases.release(key)
             integrity = isinstance(fill.error, IntegrityError)
-            if integrity:
-                self._poisoned[key] = time.monotonic()
+            if integrity and self.poison is not None:
+                await self.poison.flush()  # durable before the fill counts as ended (settle, shutdown)
             if self.metrics is not None:
                 outcome = "ok" if fill.verified else ("integrity" if integrity else "error")
                 self.metrics.fill_duration.labels(outcome).observe(time.monotonic() - started)
@@ -483,15 +511,6 @@ class Filler:
         """The fill of this blob if all its bytes arrived and matched, and it is being published."""
         fill = self._fills.get(blob_key)
         return fill if fill is not None and fill.complete else None
-
-    def recently_failed_verification(self, blob_key: str) -> bool:
-        at = self._poisoned.get(blob_key)
-        if at is None:
-            return False
-        if time.monotonic() - at > self.cache.poisoned_resume_window:
-            del self._poisoned[blob_key]
-            return False
-        return True
 
     @property
     def in_flight(self) -> int:

@@ -20,6 +20,12 @@ def blob_key(etag: str) -> str:
     return f"blobs/{algo}/{etag[:2]}/{etag}"
 
 
+def poison_key(etag: str) -> str:
+    """The record that some upstream copy of this blob failed verification after bytes of it went out."""
+    algo = "sha256" if len(etag) == 64 else "sha1"
+    return f"poisoned/{algo}/{etag[:2]}/{etag}.json"
+
+
 def entry_key(repo: RepoRef, commit: str, path: str) -> str:
     # Hashed names: a file "a.json" and a folder "a.json/" must not collide, and paths stay short.
     digest = _digest(path)

@@ -7,6 +7,12 @@ import re
 from mirror.errors import RangeNotSatisfiable
 
 _DIGITS = re.compile(r"^[0-9]*$")
+# Clients that, asking for a Range and getting the whole file (200), start over (huggingface_hub,
+# and so transformers and datasets) or refuse to resume (curl: exit 33; aria2c: an error). wget -c
+# instead skips as many bytes of the 200 body as its partial file holds and appends the rest: a
+# complete file of the right size built on the partial file's bytes. Unknown clients are treated
+# like wget.
+RESTART_ON_FULL_ANSWER = ("huggingface_hub/", "hf_hub/", "curl/", "aria2/", "hub-mirror/")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -49,3 +55,8 @@ def _unsatisfiable(size: int) -> RangeNotSatisfiable:
     return RangeNotSatisfiable(
         f"Requested range not satisfiable (file size {size})", headers={"Content-Range": f"bytes */{size}"}
     )
+
+
+def restarts_on_full_answer(user_agent: str | None) -> bool:
+    """Whether this client handles a 200 to its Range request without appending it to a partial file."""
+    return user_agent is not None and any(family in user_agent for family in RESTART_ON_FULL_ANSWER)

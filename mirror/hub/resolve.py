@@ -19,11 +19,11 @@ from aiohttp import web
 from mirror.cache.blobs import BlobBody
 from mirror.cache.entries import FileEntry
 from mirror.cache.peers import PEER_HEADER
-from mirror.errors import PreconditionFailed
+from mirror.errors import PreconditionFailed, ResumeRefused
 from mirror.hub.conditional import precondition_status, range_applies
 from mirror.hub.errors import error_response
 from mirror.hub.paths import ResolveTarget
-from mirror.hub.ranges import parse_range
+from mirror.hub.ranges import parse_range, restarts_on_full_answer
 from mirror.metrics import current_stats
 from mirror.services import SERVICES
 from mirror.tokens import bearer_token
@@ -65,6 +65,17 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     if precondition is not None:
         return not_modified(entry, precondition)
     range_header = request.headers.get("Range") if range_applies(request.headers, headers["ETag"]) else None
+    if range_header and await services.blobs.resume_unsafe(entry):
+        # Some client may hold bad bytes of this blob from a fill that failed verification, so no
+        # Range of it is served: clients that start over get the whole file (RFC 9110 lets a
+        # server ignore Range), the others an error that stops them (see hub/ranges.py).
+        if not restarts_on_full_answer(request.headers.get("User-Agent")):
+            raise ResumeRefused(
+                f"An upstream copy of {entry.path} once failed verification, so a partial download of it may hold "
+                "bad bytes: delete the partial file and download it again without resuming."
+            )
+        range_header = None
+        headers["Accept-Ranges"] = "none"
     span = parse_range(range_header, entry.size)
     start, end = span if span else (0, entry.size)
     status = 206 if span else 200
