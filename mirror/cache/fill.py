@@ -484,6 +484,13 @@ class Filler:
         finally:
             if self._fills.get(key) is fill:
                 del self._fills[key]
+            # Counted before anything below yields: a client cut by this fill may read the metrics at once.
+            integrity = isinstance(fill.error, IntegrityError)
+            if self.metrics is not None:
+                outcome = "ok" if fill.verified else ("integrity" if integrity else "error")
+                self.metrics.fill_duration.labels(outcome).observe(time.monotonic() - started)
+                if integrity:
+                    self.metrics.hash_mismatches.inc()
             if renewal is not None:
                 renewal.cancel()
                 await asyncio.gather(renewal, return_exceptions=True)
@@ -491,14 +498,8 @@ class Filler:
                 self._leased.discard(key)
                 # After the publish: a replica that reads the lease now finds the blob first.
                 await self.leases.release(key)
-            integrity = isinstance(fill.error, IntegrityError)
             if integrity and self.poison is not None:
                 await self.poison.flush()  # durable before the fill counts as ended (settle, shutdown)
-            if self.metrics is not None:
-                outcome = "ok" if fill.verified else ("integrity" if integrity else "error")
-                self.metrics.fill_duration.labels(outcome).observe(time.monotonic() - started)
-                if integrity:
-                    self.metrics.hash_mismatches.inc()
 
     async def _renew(self, key: str) -> None:
         assert self.leases is not None
