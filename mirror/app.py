@@ -70,6 +70,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await scheduler.close()
         await sync.close()
         await services.filler.close()
+        # Background revalidations use the upstream session: end them before it closes.
+        await services.revisions.close()
+        await services.metadata.close()
+        await services.policy.close()
         await session.close()
         if peer_session is not None:
             await peer_session.close()

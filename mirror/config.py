@@ -49,6 +49,11 @@ class UpstreamConfig:
     resume_attempts: int = 5
     # Token used for upstream calls that no client token accompanies (scheduled work). Optional.
     token: str = ""
+    # Consecutive upstream failures (connect errors, timeouts, 5xx) after which upstream requests
+    # fail at once for breaker_cooldown seconds, so nobody waits on a dead upstream; 0 = never.
+    breaker_failures: int = 5
+    # Seconds the breaker stays open; then one trial request decides whether it closes.
+    breaker_cooldown: float = 15.0
 
 
 @dataclass
@@ -60,9 +65,13 @@ class CacheConfig:
     access_ttl: float = 300.0
     # Mutable listings (refs) are re-fetched after this many seconds.
     refs_ttl: float = 60.0
+    # Once a TTL (revision, refs, access) has passed, a client waits at most this many seconds for
+    # upstream's new answer; then it gets the last known one while the refresh goes on behind it.
+    stale_wait: float = 1.0
     chunk_size: int = 1024 * 1024
-    # After a blob fails verification, Range resumes of it are refused for this long, so a client
-    # holding a prefix of the bad bytes cannot stitch it to good ones.
+    # No longer used (accepted so existing files still load): a blob whose fill failed verification
+    # after serving bytes is recorded in storage for good, and Range requests for it are never
+    # served from then on (docs/architecture.md, "Verification and resumes").
     poisoned_resume_window: float = 120.0
     # Longest one storage operation of a fill may take (a chunk write, discarding a failed fill;
     # the publish gets five times this) before the fill fails instead of hanging with its clients.
@@ -169,12 +178,18 @@ class Config:
                 raise ConfigError(f"cache.{name} must be >= 0")
         if self.cache.storage_timeout <= 0:
             raise ConfigError("cache.storage_timeout must be > 0")
+        if self.cache.stale_wait < 0:
+            raise ConfigError("cache.stale_wait must be >= 0")
         if self.cache.chunk_size < 4096:
             raise ConfigError("cache.chunk_size must be at least 4096 bytes")
         if self.cache.fill_lease_ttl < 3:
             raise ConfigError("cache.fill_lease_ttl must be at least 3 seconds")
         if self.upstream.resume_attempts < 0 or self.upstream.max_connections < 1:
             raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
+        if self.upstream.breaker_failures < 0:
+            raise ConfigError("upstream.breaker_failures must be >= 0 (0 = never open)")
+        if self.upstream.breaker_cooldown <= 0:
+            raise ConfigError("upstream.breaker_cooldown must be > 0")
         if self.storage.backend not in ("local", "s3"):
             raise ConfigError(f"storage.backend must be 'local' or 's3', got {self.storage.backend!r}")
         if self.storage.backend == "s3":

@@ -7,9 +7,11 @@ results, outcomes. Never a repo id or a path, so series stay flat whatever clien
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -33,6 +35,9 @@ class RequestStats:
     joined_fill: bool = False  # joined a blob fill already in flight
     cache: str | None = None  # set explicitly by handlers that know better (blob hits/misses)
     bytes_sent: int = 0
+    # When the request stops waiting for refreshes of answers it has (cache.stale_wait after its
+    # first such wait), however many it meets: visibility, access decision, branch.
+    stale_deadline: float | None = None
 
     def cache_result(self) -> str:
         if self.cache:
@@ -124,7 +129,19 @@ class Metrics:
             "hub_mirror_storage_scan_timestamp_seconds", "When storage usage was last measured", registry=r
         )
         self.upstream_up = Gauge(
-            "hub_mirror_upstream_up", "1 if the last upstream reachability probe succeeded", registry=r
+            "hub_mirror_upstream_up",
+            "1 while upstream answers: the circuit breaker is closed (set by every upstream request)",
+            registry=r,
+        )
+        self.breaker_opens = Counter(
+            "hub_mirror_upstream_breaker_opens_total",
+            "Times the upstream circuit breaker opened (upstream requests then fail at once for a cooldown)",
+            registry=r,
+        )
+        self.metadata_write_failures = Counter(
+            "hub_mirror_metadata_write_failures_total",
+            "Metadata records that could not be stored (the answer was served and kept in memory)",
+            registry=r,
         )
 
         self.allowlist_denials = Counter(
@@ -151,6 +168,32 @@ class Metrics:
 
     def track_fills(self, count: Callable[[], int]) -> None:
         self.fills_in_flight.set_function(count)
+
+
+class LogLimit:
+    """Warnings about a failure that may repeat on every request: the first, then one per window.
+
+    Each line after the first says how many were left out since the one before, so a full disk or a
+    dead upstream costs a line a minute, not one per request.
+    """
+
+    def __init__(self, logger: logging.Logger, window: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.window = window
+        self.clock = clock
+        self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (when logged, left out since)
+
+    def warning(self, key: Hashable, message: str, *args: Any) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.window:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        if last is not None and last[1]:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, last[1], now - last[0])
+        self._last[key] = (now, 0)
+        self.logger.warning(message, *args, stacklevel=2)
 
 
 def observe_upstream(metrics: Metrics | None, kind: str, status: int | None, started: float) -> None:

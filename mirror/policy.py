@@ -3,10 +3,15 @@
 Cached bytes of a gated or private repo are served only to callers whose token the upstream
 accepts for that repo. Visibility comes from the repo info (anonymous probe, or any info fetched
 for a client); a decision per (token fingerprint, repo) is trusted for `access_ttl` seconds.
+
+Past that, a known answer stays in force while upstream cannot be asked: it is re-asked in the
+background and waited for only `stale_wait` seconds. That never widens access: a token the
+upstream has not judged for this repo still needs upstream's answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +19,7 @@ from typing import Any
 
 from mirror.cache import keys
 from mirror.cache.records import Records
+from mirror.cache.revisions import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import GatedRepo, HubError, RepoNotFound, UpstreamUnavailable
 from mirror.repo import RepoRef
@@ -35,16 +41,27 @@ def visibility_of(info: dict[str, Any]) -> str:
 
 class AccessPolicy:
     def __init__(
-        self, upstream: Upstream, records: Records, ttl: float, clock: Callable[[], float] = time.monotonic
+        self,
+        upstream: Upstream,
+        records: Records,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        stale_wait: float = STALE_WAIT,
     ) -> None:
         self.upstream = upstream
         self.records = records
         self.ttl = ttl
         self.clock = clock
+        # Answers with the time they are trusted until; kept past it as the last known answer.
         self._visibility: dict[RepoRef, tuple[str, float]] = {}
         self._decisions: dict[tuple[str, RepoRef], tuple[HubError | None, float]] = {}
         self._probe: SingleFlight[str] = SingleFlight()
         self._verify: SingleFlight[HubError | None] = SingleFlight()
+        self._revalidator = Revalidator(stale_wait, clock)
+
+    async def close(self) -> None:
+        """Cancel refreshes still running (at shutdown, before the upstream session closes)."""
+        await self._revalidator.close()
 
     def forget(self, repo: RepoRef) -> None:
         self._visibility.pop(repo, None)
@@ -59,7 +76,7 @@ class AccessPolicy:
         previous = self._visibility.get(repo)
         self._visibility[repo] = (visibility, self.clock() + self.ttl)
         if previous is None or previous[0] != visibility:
-            await self.records.put(keys.visibility_key(repo), {"visibility": visibility, "at": time.time()})
+            await self.records.put_best_effort(keys.visibility_key(repo), {"visibility": visibility, "at": time.time()})
 
     async def check(self, repo: RepoRef, token: str | None, *, files: bool) -> None:
         """Raise the Hub's error unless the caller may read this repo's files (or metadata)."""
@@ -80,12 +97,24 @@ class AccessPolicy:
             )
         key = (fingerprint(token), repo)
         hit = self._decisions.get(key)
-        if hit is None or hit[1] <= self.clock():
-            denial = await self._verify.do(key, lambda: self._ask_upstream(repo, token))
-            self._decisions[key] = (denial, self.clock() + self.ttl)
-            hit = self._decisions[key]
-        if hit[0] is not None:
-            raise hit[0]
+        if hit is None:
+            # Never judged: only upstream can say (a 5xx if it cannot).
+            denial = await self._verify.do(key, lambda: self._decide(key, repo, token))
+        elif hit[1] > self.clock():
+            denial = hit[0]
+        else:
+            done = await self._revalidator.refresh(("access", key), lambda: self._decide(key, repo, token))
+            denial = hit[0]  # unless upstream answers in time, the known decision stays in force
+            if done is not None:
+                with contextlib.suppress(UpstreamUnavailable):
+                    denial = done.result()
+        if denial is not None:
+            raise denial
+
+    async def _decide(self, key: tuple[str, RepoRef], repo: RepoRef, token: str) -> HubError | None:
+        denial = await self._ask_upstream(repo, token)
+        self._decisions[key] = (denial, self.clock() + self.ttl)
+        return denial
 
     async def _ask_upstream(self, repo: RepoRef, token: str) -> HubError | None:
         try:
@@ -105,18 +134,32 @@ class AccessPolicy:
         hit = self._visibility.get(repo)
         if hit and hit[1] > self.clock():
             return hit[0]
-        return await self._probe.do(repo, lambda: self._probe_now(repo))
+        known = hit[0] if hit else await self._stored_visibility(repo)
+        if known is None:
+            # Nothing known: only upstream can say (if it cannot, a 5xx, so clients fall back to
+            # their own caches).
+            return await self._probe.do(repo, lambda: self._probe_now(repo))
+        done = await self._revalidator.refresh(("visibility", repo), lambda: self._probe_now(repo))
+        if done is None:
+            return known
+        try:
+            return done.result()
+        except UpstreamUnavailable:
+            return known
+
+    async def _stored_visibility(self, repo: RepoRef) -> str | None:
+        record = await self.records.get(keys.visibility_key(repo))
+        if record is None:
+            return None
+        self._visibility[repo] = (str(record["visibility"]), 0.0)  # known, and due for a refresh
+        return str(record["visibility"])
 
     async def _probe_now(self, repo: RepoRef) -> str:
         try:
             info, _ = await self.upstream.api_json(repo.api_path, None)
             visibility = visibility_of(info) if isinstance(info, dict) else PRIVATE
         except UpstreamUnavailable:
-            record = await self.records.get(keys.visibility_key(repo))
-            if record is None:
-                # Nothing known and nothing to ask: a 5xx, so clients fall back to their caches.
-                raise
-            return str(record["visibility"])
+            raise  # learned nothing: the caller keeps what it knew
         except HubError as exc:
             # Anonymous callers get 401/404 for private and missing repos alike.
             visibility = GATED if exc.code == "GatedRepo" else PRIVATE

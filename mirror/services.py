@@ -51,9 +51,10 @@ class Services:
     ) -> Services:
         """`peer_session` (given when server.advertise_url is set) enables fill leases across replicas."""
         metrics = upstream.metrics or Metrics()
-        records = Records(storage)
-        policy = AccessPolicy(upstream, records, config.cache.access_ttl)
-        revisions = Revisions(upstream, records, config.cache.revision_ttl)
+        records = Records(storage, metrics=metrics)
+        stale_wait = config.cache.stale_wait
+        policy = AccessPolicy(upstream, records, config.cache.access_ttl, stale_wait=stale_wait)
+        revisions = Revisions(upstream, records, config.cache.revision_ttl, stale_wait=stale_wait)
         revisions.observers.append(policy.observe)
         allowlist = AllowList(
             records,
@@ -78,7 +79,7 @@ class Services:
             entries=Entries(upstream, records),
             filler=filler,
             blobs=Blobs(storage, filler, peers),
-            metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl),
+            metadata=Metadata(upstream, records, revisions, config.cache.refs_ttl, stale_wait=stale_wait),
             metrics=metrics,
             allowlist=allowlist,
             pins=pins,

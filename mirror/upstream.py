@@ -3,6 +3,12 @@
 It follows redirects itself so that it can keep the rules the HF client keeps: the caller's token
 goes to the upstream origin only (never to a CDN host), metadata is read from the last same-origin
 response or the off-origin 3xx, and signed CDN URLs are used once and never stored.
+
+Every request's outcome feeds a circuit breaker: after `breaker_failures` failures in a row
+(connect errors, timeouts, 5xx) requests fail at once for `breaker_cooldown` seconds, so callers
+with a last known answer serve it at once and the others get a 5xx at once instead of a hang. The
+breaker's state is the `hub_mirror_upstream_up` gauge. Error messages for clients never name the
+upstream's address; the detail goes to the log.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -30,7 +37,7 @@ from mirror.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from mirror.metrics import Metrics, observe_upstream
+from mirror.metrics import LogLimit, Metrics, observe_upstream
 from mirror.repo import RepoRef
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,77 @@ _ERROR_CLASSES: dict[str, type[HubError]] = {
 }
 # Headers of an upstream error worth passing to the client.
 _PASSED_ERROR_HEADERS = ("X-Repo-Commit", "Retry-After", "RateLimit", "RateLimit-Policy")
+
+
+class Breaker:
+    """Fails requests at once after `failures` failures in a row, for `cooldown` seconds.
+
+    Then one trial request goes through (half-open): a success closes the breaker, a failure opens
+    it for another cooldown. Any success resets the count. `failures` 0 turns it off.
+    """
+
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self._in_a_row = 0
+        self._opened_at: float | None = None
+        self._trial = False  # the half-open breaker's one request is in flight
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self._trial or self.clock() >= self._opened_at + self.cooldown:
+            return "half-open"
+        return "open"
+
+    def allow(self) -> bool:
+        """May a request go now? Past the cooldown the first caller gets True: the trial, whose
+        outcome must be reported with success, failure or (no outcome) abandon."""
+        if self._opened_at is None:
+            return True
+        if self._trial or self.clock() < self._opened_at + self.cooldown:
+            return False
+        self._trial = True
+        return True
+
+    def success(self) -> None:
+        self._in_a_row = 0
+        self._opened_at = None
+        self._trial = False
+
+    def failure(self) -> bool:
+        """Count a failure; True if it opened the breaker."""
+        self._in_a_row += 1
+        reopen = self._opened_at is not None
+        if reopen or (self.failures and self._in_a_row >= self.failures):
+            # A late failure of a request sent before the breaker opened restarts the cooldown too.
+            self._opened_at = self.clock()
+            self._trial = False
+            return not reopen
+        return False
+
+    def abandon(self) -> None:
+        """The trial ended without an outcome (cancelled): let the next request try."""
+        self._trial = False
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a request got no answer, in words that hold no address (they reach clients)."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(exc.os_error, socket.gaierror):
+            return "name not resolved"
+        return "cannot connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "connection closed"
+    return "connection error"
 
 
 class RetryableBodyError(Exception):
@@ -109,6 +187,27 @@ class Upstream:
         self.origin = origin_of(self.base)
         self.session = session
         self.user_agent = f"hub-mirror/{__version__}"
+        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
+        self._failure_log = LogLimit(log)
+        if metrics is not None:
+            metrics.upstream_up.set(1)  # nothing has failed yet: traffic will say otherwise
+
+    def record_outcome(self, ok: bool) -> None:
+        """Feed one upstream outcome to the breaker (also for probes made outside `request`)."""
+        if ok:
+            self.breaker.success()
+        elif self.breaker.failure():
+            log.warning(
+                "upstream failed %d times in a row; failing upstream requests at once for %.0f s",
+                self.breaker.failures,
+                self.breaker.cooldown,
+            )
+            if self.metrics is not None:
+                self.metrics.breaker_opens.inc()
+        if self.metrics is not None:
+            # With the breaker off, the gauge follows the last outcome so alerts still work.
+            up = self.breaker.state == "closed" if self.breaker.failures else ok
+            self.metrics.upstream_up.set(1 if up else 0)
 
     @staticmethod
     def new_session(config: UpstreamConfig) -> aiohttp.ClientSession:
@@ -150,6 +249,9 @@ class Upstream:
         """
         for _ in range(MAX_REDIRECTS + 1):
             kind = "api" if "/api/" in urlsplit(url).path else ("head" if method == "HEAD" else "body")
+            trial = self.breaker.state != "closed"
+            if not self.breaker.allow():
+                raise UpstreamUnavailable("upstream unavailable (failing at once after repeated failures)")
             started = time.monotonic()
             try:
                 resp = await self.session.request(
@@ -161,8 +263,19 @@ class Upstream:
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 observe_upstream(self.metrics, kind, None, started)
-                raise UpstreamUnavailable(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+                self.record_outcome(False)
+                reason = unreachable_reason(exc)
+                # The address is the operator's business, not the client's: it goes to the log only.
+                self._failure_log.warning(
+                    reason, "upstream %s %s failed: %s: %s", method, _without_query(url), type(exc).__name__, exc
+                )
+                raise UpstreamUnavailable(f"upstream unreachable ({reason})") from exc
+            except BaseException:
+                if trial:
+                    self.breaker.abandon()
+                raise
             observe_upstream(self.metrics, kind, resp.status, started)
+            self.record_outcome(resp.status < 500)
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
@@ -187,13 +300,22 @@ class Upstream:
             try:
                 body = await resp.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise UpstreamUnavailable(f"upstream body broke off: {exc}") from exc
+                self.record_outcome(False)
+                reason = unreachable_reason(exc)
+                self._failure_log.warning(
+                    ("body", reason),
+                    "upstream body of %s broke off: %s: %s",
+                    _without_query(url),
+                    type(exc).__name__,
+                    exc,
+                )
+                raise UpstreamUnavailable(f"upstream answer broke off ({reason})") from exc
             if resp.status >= 400 or resp.status in (301, 302, 303, 307, 308):
                 raise await error_from_response(resp, body)
             try:
                 return json.loads(body), resp.headers
             except ValueError:
-                raise UpstreamUnavailable(f"upstream sent invalid JSON for {path}") from None
+                raise UpstreamUnavailable(f"upstream sent invalid JSON for {urlsplit(url).path}") from None
 
     def resolve_url(self, repo: RepoRef, revision: str, path: str) -> str:
         return self.url(f"/{repo.url_prefix}{repo.repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}")
@@ -249,6 +371,11 @@ class Upstream:
             raise await error_from_response(resp)
         finally:
             resp.release()
+
+
+def _without_query(url: str) -> str:
+    # Signed CDN URLs carry their credentials in the query.
+    return url.split("?", 1)[0]
 
 
 def _range_start(resp: aiohttp.ClientResponse) -> int | None:

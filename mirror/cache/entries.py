@@ -1,7 +1,8 @@
 """The map (repo, commit, path) -> blob: which content a file at a commit is, and how big.
 
 Filled from the upstream's resolve HEAD, which names the content hash (git blob sha1 or LFS
-sha256) and size. Commits are immutable, so entries, and "no such file" answers, are kept for good.
+sha256) and size. Commits are immutable, so entries, and "no such file" answers, are kept for good
+(in memory only, if storage cannot take them: the answer does not depend on the write).
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ class Entries:
         try:
             meta = await self.upstream.file_meta(repo, commit, path, token)
         except EntryNotFound:
-            await self.records.put(key, {"path": path, "missing": True})
+            await self.records.put_best_effort(key, {"path": path, "missing": True})
             self._remember((repo, commit, path), None)
             raise missing_entry(path, commit) from None
         entry = FileEntry(repo, commit, path, meta.etag, meta.size)
-        await self.records.put(key, {"path": path, "etag": meta.etag, "size": meta.size})
+        await self.records.put_best_effort(key, {"path": path, "etag": meta.etag, "size": meta.size})
         self._remember((repo, commit, path), entry)
         return entry
 

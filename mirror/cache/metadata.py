@@ -3,7 +3,8 @@
 Listings at a commit are immutable and cached for good (a missing folder too, since transformers
 asks for `additional_chat_templates` on every load). Trees are fetched whole from upstream, across
 its pages, so the mirror can page them itself with links to its own origin. Refs change, so they
-are cached for a TTL and the last answer is kept for when upstream is down.
+are cached for a TTL and the last answer is kept for when upstream is slow or down (served after
+`stale_wait` while a refresh runs behind it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from mirror.cache import keys
 from mirror.cache.records import Records
-from mirror.cache.revisions import Revisions
+from mirror.cache.revisions import STALE_WAIT, Revalidator, Revisions
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import EntryNotFound, UpstreamUnavailable
 from mirror.repo import RepoRef
@@ -47,6 +48,7 @@ class Metadata:
         revisions: Revisions,
         refs_ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        stale_wait: float = STALE_WAIT,
     ) -> None:
         self.upstream = upstream
         self.records = records
@@ -54,7 +56,13 @@ class Metadata:
         self.refs_ttl = refs_ttl
         self.clock = clock
         self._flight: SingleFlight[Any] = SingleFlight()
+        # (repo, query) -> (refs, trusted until); kept past that as the last known answer.
         self._refs_fresh: dict[tuple[RepoRef, str], tuple[Any, float]] = {}
+        self._revalidator = Revalidator(stale_wait, clock)
+
+    async def close(self) -> None:
+        """Cancel refreshes still running (at shutdown, before the upstream session closes)."""
+        await self._revalidator.close()
 
     def forget(self, repo: RepoRef) -> None:
         for key in [k for k in self._refs_fresh if k[0] == repo]:
@@ -70,7 +78,7 @@ class Metadata:
                     value = {"value": await fetch()}
                 except EntryNotFound as exc:
                     value = {"missing": exc.message}
-                await self.records.put(key, value)
+                await self.records.put_best_effort(key, value)
                 return value
 
             record = await self._flight.do(flight_key, fetch_and_store)
@@ -156,18 +164,23 @@ class Metadata:
 
         async def fetch() -> Any:
             data, _ = await self.upstream.api_json(f"{repo.api_path}/refs" + (f"?{query}" if query else ""), token)
-            await self.records.put(key, data)
+            self._refs_fresh[mem_key] = (data, self.clock() + self.refs_ttl)
+            await self.records.put_best_effort(key, data)
             return data
 
+        flight_key = ("refs", key, fingerprint(token))
+        known = hit[0] if hit else await self.records.get(key)
+        if known is None:
+            return await self._flight.do(flight_key, fetch)
+        if hit is None:
+            self._refs_fresh[mem_key] = (known, 0.0)  # known, and due for a refresh
+        done = await self._revalidator.refresh(flight_key, fetch)
+        if done is None:
+            return known
         try:
-            data = await self._flight.do(("refs", key, fingerprint(token)), fetch)
+            return done.result()
         except UpstreamUnavailable:
-            data = await self.records.get(key)
-            if data is None:
-                raise
-            return data
-        self._refs_fresh[mem_key] = (data, self.clock() + self.refs_ttl)
-        return data
+            return known
 
     async def commits(
         self, repo: RepoRef, revision: str, query: str, token: str | None

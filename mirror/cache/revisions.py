@@ -3,20 +3,28 @@
 Branches and tags map to commits through the upstream, trusted for a short TTL; the last answer is
 kept in storage so that cached repos keep working (at their last known commit) while upstream is
 down. Info for a commit is immutable and cached for good.
+
+Past the TTL, a client waits for upstream's new answer only briefly (`stale_wait`): a hanging or
+dead upstream must not hold up files and metadata the mirror already has. `Revalidator` runs those
+refreshes; the access policy and the refs listings use it too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from mirror.cache import keys
 from mirror.cache.records import Records
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import UpstreamError, UpstreamUnavailable
+from mirror.metrics import CURRENT_REQUEST, LogLimit, current_stats
 from mirror.repo import RepoRef, is_commit
 from mirror.tokens import fingerprint
 from mirror.upstream import Upstream
@@ -24,12 +32,88 @@ from mirror.upstream import Upstream
 log = logging.getLogger(__name__)
 
 InfoObserver = Callable[[RepoRef, dict[str, Any]], Awaitable[None]]
+V = TypeVar("V")
+
+STALE_WAIT = 1.0  # cache.stale_wait's default
+# Keys whose last refresh failed, remembered so their callers stop waiting; more are forgotten.
+FAILED_KEYS = 10_000
 
 
 class PinSource(Protocol):
     """Branches whose reported commit is fixed by a completed sync (see mirror/sync/pins.py)."""
 
     async def get(self, repo: RepoRef, revision: str) -> str | None: ...
+
+
+async def _detached(fetch: Callable[[], Awaitable[V]]) -> V:
+    # The task runs in a copy of the caller's context: its upstream calls are no client request's.
+    CURRENT_REQUEST.set(None)
+    return await fetch()
+
+
+class Revalidator:
+    """Refreshes of answers the cache already has: one per key at a time, awaited only briefly.
+
+    A caller whose answer is past its TTL waits for the refresh at most `wait` seconds from when
+    the refresh started (and a client request `wait` in all), then serves the last known answer;
+    the refresh goes on (bounded by the upstream timeouts and breaker) and stores the new answer
+    itself when it lands. While a key's last refresh failed, callers do not wait at all. The owner
+    calls `close` at shutdown.
+    """
+
+    def __init__(self, wait: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.wait = wait
+        self.clock = clock
+        self._running: dict[Hashable, tuple[asyncio.Task[Any], float]] = {}
+        self._failed: OrderedDict[Hashable, None] = OrderedDict()
+        self._closed = False
+
+    async def refresh(self, key: Hashable, fetch: Callable[[], Awaitable[V]]) -> asyncio.Task[V] | None:
+        """The finished refresh (read its result or error), or None: serve the last known answer."""
+        if self._closed:
+            return None
+        running = self._running.get(key)
+        if running is None:
+            task: asyncio.Task[Any] = asyncio.ensure_future(_detached(fetch))
+            running = (task, self.clock())
+            self._running[key] = running
+            task.add_done_callback(functools.partial(self._done, key))
+        task, started = running
+        if not task.done() and key not in self._failed:
+            now = self.clock()
+            deadline = started + self.wait
+            stats = current_stats()
+            if stats is not None:
+                # One client request waits `wait` in all, not once per stale answer it meets.
+                if stats.stale_deadline is None:
+                    stats.stale_deadline = now + self.wait
+                deadline = min(deadline, stats.stale_deadline)
+            remaining = deadline - now
+            if remaining > 0:
+                # asyncio.wait, unlike wait_for, leaves the task running when the time is up.
+                await asyncio.wait({task}, timeout=remaining)
+        return task if task.done() else None
+
+    def _done(self, key: Hashable, task: asyncio.Task[Any]) -> None:
+        if self._running.get(key, (None, 0.0))[0] is task:
+            del self._running[key]
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: nobody may be waiting any more
+        if isinstance(error, UpstreamUnavailable):
+            self._failed[key] = None
+            self._failed.move_to_end(key)
+            if len(self._failed) > FAILED_KEYS:
+                self._failed.popitem(last=False)
+        else:
+            self._failed.pop(key, None)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [task for task, _ in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Revisions:
@@ -39,15 +123,23 @@ class Revisions:
         records: Records,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        stale_wait: float = STALE_WAIT,
     ) -> None:
         self.upstream = upstream
         self.records = records
         self.ttl = ttl
         self.clock = clock
+        # (repo, revision) -> (commit, trusted until); kept past that as the last known answer.
         self._fresh: dict[tuple[RepoRef, str], tuple[str, float]] = {}
         self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
+        self._revalidator = Revalidator(stale_wait, clock)
+        self._stale_log = LogLimit(log)
         self.observers: list[InfoObserver] = []
         self.pins: PinSource | None = None
+
+    async def close(self) -> None:
+        """Cancel refreshes still running (at shutdown, before the upstream session closes)."""
+        await self._revalidator.close()
 
     async def _pinned(self, repo: RepoRef, revision: str | None) -> str | None:
         if self.pins is None or not revision or is_commit(revision):
@@ -59,7 +151,7 @@ class Revisions:
             del self._fresh[key]
 
     async def resolve(self, repo: RepoRef, revision: str | None, token: str | None) -> str:
-        """The commit a revision names now (or, upstream down, last time we asked)."""
+        """The commit a revision names now (or, upstream slow or down, last time we asked)."""
         if revision and is_commit(revision):
             return revision
         pinned = await self._pinned(repo, revision)
@@ -68,14 +160,14 @@ class Revisions:
         fresh = self._fresh_commit(repo, revision)
         if fresh:
             return fresh
-        try:
-            info = await self._fetch(repo, revision, "", token)
-        except UpstreamUnavailable:
-            known = await self._last_known(repo, revision)
-            if known is None:
-                raise
+        known = await self._known_commit(repo, revision)
+        if known is None:
+            return (await self._fetch(repo, revision, "", token))["sha"]
+        info = await self._refresh(repo, revision, "", token)
+        if info is None:
+            self._served_stale(repo, revision, known)
             return known
-        return info["sha"]
+        return str(info["sha"])
 
     async def info(self, repo: RepoRef, revision: str | None, query: str, token: str | None) -> dict[str, Any]:
         """Repo info JSON at a revision; `query` is the canonical query string."""
@@ -99,17 +191,23 @@ class Revisions:
             cached = await self.records.get(keys.api_key(repo, commit, "info", query))
             if cached is not None:
                 return cached
-        try:
-            return await self._fetch(repo, revision, query, token)
-        except UpstreamUnavailable:
-            commit = await self._last_known(repo, revision)
-            if commit is None:
-                raise
-            for q in (query, ""):
-                cached = await self.records.get(keys.api_key(repo, commit, "info", q))
-                if cached is not None:
-                    return cached
-            raise
+        known = await self._known_commit(repo, revision)
+        stale = await self.records.get(keys.api_key(repo, known, "info", query)) if known else None
+        if known is None or stale is None:
+            try:
+                return await self._fetch(repo, revision, query, token)
+            except UpstreamUnavailable:
+                # The plain form at the last known commit beats no answer while upstream is down.
+                fallback = await self.records.get(keys.api_key(repo, known, "info", "")) if known else None
+                if fallback is None:
+                    raise
+                self._served_stale(repo, revision, str(known))
+                return fallback
+        info = await self._refresh(repo, revision, query, token)
+        if info is None:
+            self._served_stale(repo, revision, known)
+            return stale
+        return info
 
     def _fresh_commit(self, repo: RepoRef, revision: str | None) -> str | None:
         hit = self._fresh.get((repo, revision or ""))
@@ -117,21 +215,42 @@ class Revisions:
             return hit[0]
         return None
 
-    async def _last_known(self, repo: RepoRef, revision: str | None) -> str | None:
+    async def _known_commit(self, repo: RepoRef, revision: str | None) -> str | None:
+        """The last answer, however old: from memory, or from storage (kept across restarts)."""
+        hit = self._fresh.get((repo, revision or ""))
+        if hit is not None:
+            return hit[0]
         record = await self.records.get(keys.ref_key(repo, revision or ""))
         if record is None:
             return None
-        log.warning(
-            "upstream unavailable; serving %s@%s at last known commit %s",
+        self._fresh[(repo, revision or "")] = (str(record["commit"]), 0.0)  # known, and due for a refresh
+        return str(record["commit"])
+
+    async def _refresh(
+        self, repo: RepoRef, revision: str | None, query: str, token: str | None
+    ) -> dict[str, Any] | None:
+        """Upstream's info now, or None when it has not answered in time (serve the last known)."""
+        key = (repo, revision, query, fingerprint(token))
+        done = await self._revalidator.refresh(key, lambda: self._fetch_now(repo, revision, query, token))
+        if done is None:
+            return None
+        try:
+            return done.result()
+        except UpstreamUnavailable:
+            return None
+
+    def _served_stale(self, repo: RepoRef, revision: str | None, commit: str) -> None:
+        self._stale_log.warning(
+            "stale",
+            "upstream slow or unavailable; serving %s@%s at last known commit %s",
             repo,
             revision or "default",
-            record["commit"],
+            commit,
         )
-        return str(record["commit"])
 
     async def remember(self, repo: RepoRef, revision: str, commit: str) -> None:
         self._fresh[(repo, revision)] = (commit, self.clock() + self.ttl)
-        await self.records.put(
+        await self.records.put_best_effort(
             keys.ref_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
         )
 
@@ -153,7 +272,7 @@ class Revisions:
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"upstream repo info for {repo} has no commit sha", status=502)
-        await self.records.put(keys.api_key(repo, sha, "info", query), data)
+        await self.records.put_best_effort(keys.api_key(repo, sha, "info", query), data)
         if not (revision and is_commit(revision)):
             await self.remember(repo, revision or "", sha)
         for observe in self.observers:
