@@ -13,6 +13,7 @@ from mirror.config import Config
 from mirror.hub.errors import hub_errors
 from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
+from mirror.lifecycle import Drain
 from mirror.metrics import Metrics
 from mirror.ops import add_ops_routes, measure_storage
 from mirror.services import SERVICES, Services
@@ -23,6 +24,7 @@ from mirror.sync.scheduler import Scheduler
 from mirror.upstream import Upstream
 
 CONFIG = web.AppKey("config", Config)
+DRAIN = web.AppKey("drain", Drain)
 STORAGE = web.AppKey("storage", Storage)
 
 
@@ -69,7 +71,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(measurer, return_exceptions=True)
         await scheduler.close()
         await sync.close()
-        await services.filler.close()
+        # Verified blobs being published may finish within the shutdown grace; the rest is cut.
+        await services.filler.close(app[DRAIN].remaining())
+        await app[DRAIN].close()
         # Background revalidations use the upstream session: end them before it closes.
         await services.revisions.close()
         await services.metadata.close()
@@ -82,9 +86,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config, storage: Storage | None = None) -> web.Application:
     """The mirror's app; `storage` replaces the configured backend (tests wrap one to inject faults)."""
+    drain = Drain(config.server.shutdown_grace)
     # observe is outermost so it sees the status hub_errors produced.
-    app = web.Application(middlewares=[observe, hub_errors], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[drain.track, observe, hub_errors], client_max_size=16 * 1024 * 1024)
     app[CONFIG] = config
+    app[DRAIN] = drain
+    app.on_shutdown.append(drain.begin)
     if storage is not None:
         app[STORAGE] = storage
     app.cleanup_ctx.append(_lifetime)

@@ -88,7 +88,8 @@ def serve(args: argparse.Namespace) -> int:
             host=config.server.host,
             port=config.server.port,
             print=None,
-            shutdown_timeout=10,
+            # The mirror cuts what is left at the end of server.shutdown_grace itself (lifecycle.py).
+            shutdown_timeout=config.server.shutdown_grace + 5,
             access_log=None,
         )
     except OSError as exc:

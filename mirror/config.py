@@ -36,6 +36,9 @@ class ServerConfig:
     # Set: a replica asked for a blob that another one is filling streams it from that one (one
     # upstream fetch across replicas). Empty: each replica fills on its own.
     advertise_url: str = ""
+    # Seconds a shutdown (SIGTERM) gives requests in flight and blobs being published; then clients
+    # still downloading are cut and the process exits.
+    shutdown_grace: float = 10.0
 
 
 @dataclass
@@ -168,6 +171,8 @@ class Config:
     def validate(self) -> Config:
         if not 0 < self.server.port < 65536:
             raise ConfigError(f"server.port must be 1..65535, got {self.server.port}")
+        if self.server.shutdown_grace < 0:
+            raise ConfigError("server.shutdown_grace must be >= 0")
         _check_url("upstream.url", self.upstream.url)
         if self.server.public_url:
             _check_url("server.public_url", self.server.public_url)

@@ -35,6 +35,7 @@ class RequestStats:
     joined_fill: bool = False  # joined a blob fill already in flight
     cache: str | None = None  # set explicitly by handlers that know better (blob hits/misses)
     bytes_sent: int = 0
+    cut: bool = False  # the body broke off after the headers (the status says what they promised)
     # When the request stops waiting for refreshes of answers it has (cache.stale_wait after its
     # first such wait), however many it meets: visibility, access decision, branch.
     stale_deadline: float | None = None

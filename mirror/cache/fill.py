@@ -424,7 +424,7 @@ class Filler:
         self.upstream_cfg = upstream_cfg
         self.poison = poison
         self._fills: dict[str, Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Fill] = {}
         self.started = 0
         self.coalesced = 0
 
@@ -471,8 +471,8 @@ class Filler:
         self._fills[entry.blob_key] = fill
         self.started += 1
         task = asyncio.create_task(self._run(fill), name=f"fill:{entry.blob_key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = fill
+        task.add_done_callback(self._forget_task)
         return fill
 
     async def _run(self, fill: Fill) -> None:
@@ -521,7 +521,21 @@ class Filler:
         """Return once every fill running now has ended (published, or failed and discarded)."""
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def close(self, publish_grace: float = 0.0) -> None:
+        """Stop: fills still downloading are cancelled at once; fills whose bytes all arrived and
+        matched get up to `publish_grace` seconds to publish them (a download that completed just
+        before a shutdown stays cached)."""
+        publishing = [task for task, fill in self._tasks.items() if fill.complete]
+        for task in self._tasks:
+            if task not in publishing:
+                task.cancel()
+        if publishing and publish_grace > 0:
+            await asyncio.wait(publishing, timeout=publish_grace)
+        for task in publishing:
+            if not task.done():
+                log.warning("shutdown: publishing %s did not finish in time; it will be fetched again", task.get_name())
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -57,10 +57,11 @@ def _record(request: web.Request, stats: RequestStats, status: int, duration: fl
         cache = stats.cache_result()
         metrics.cache_lookups.labels(kind, cache).inc()
     access_log.info(
-        "%s %s %d %dB %.1fms cache=%s upstream=%.1fms",
+        "%s %s %d%s %dB %.1fms cache=%s upstream=%.1fms",
         request.method,
         request.path,
         status,
+        " CUT" if stats.cut else "",
         stats.bytes_sent,
         duration * 1000,
         cache or "-",
@@ -71,6 +72,7 @@ def _record(request: web.Request, stats: RequestStats, status: int, duration: fl
                 "path": request.path,
                 "status": status,
                 "bytes": stats.bytes_sent,
+                "cut": stats.cut,
                 "duration_ms": round(duration * 1000, 3),
                 "cache": cache,
                 "upstream_ms": round(stats.upstream_seconds * 1000, 3),

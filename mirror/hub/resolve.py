@@ -160,6 +160,8 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
             # The only honest signal left is to cut the connection: the client sees a short body
             # (and retries) rather than a complete wrong one.
             log.warning("aborting %s after a failure mid-body: %s", request.path, exc)
+            if stats is not None:
+                stats.cut = True
             cut(request)
             return
         if handle is not None:
