@@ -52,6 +52,14 @@ class ResumeRefused(HubError):
     code = "ResumeRefused"
 
 
+class PayloadTooLarge(HubError):
+    status = 413
+
+
+class UnsupportedMediaType(HubError):
+    status = 415
+
+
 class RangeNotSatisfiable(HubError):
     status = 416
 

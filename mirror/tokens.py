@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import re
+
+from mirror.errors import BadRequest
+
+# The token is forwarded upstream as a header, so it must be a valid header value: printable
+# ASCII. Raw non-ASCII bytes (which aiohttp hands over decoded with surrogateescape) and control
+# characters could not be sent, nor hashed for a cache key, and are no real token either. This is
+# wider than RFC 6750's b64token on purpose: an operator's admin token may hold any printable
+# character.
+_TOKEN_RE = re.compile(r"[\x20-\x7e]+")
+MAX_TOKEN_LENGTH = 4096
 
 
 def bearer_token(authorization: str | None) -> str | None:
+    """The bearer token of an Authorization header; None when there is none (anonymous).
+
+    A bearer token that could not be sent on as a header is refused here, before it is hashed for
+    a cache key or sent upstream; the message never repeats the token.
+    """
     if not authorization:
         return None
     scheme, _, value = authorization.partition(" ")
     value = value.strip()
-    return value if scheme.lower() == "bearer" and value else None
+    if scheme.lower() != "bearer" or not value:
+        return None
+    if len(value) > MAX_TOKEN_LENGTH or not _TOKEN_RE.fullmatch(value):
+        raise BadRequest(
+            f"malformed Authorization header: a bearer token is printable ASCII of at most {MAX_TOKEN_LENGTH} "
+            "characters",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
+        )
+    return value
 
 
 def fingerprint(token: str | None) -> str:

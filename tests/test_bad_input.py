@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -102,3 +104,144 @@ def test_unknown_routes_are_404(mirror: MirrorThread, warm: Path) -> None:
     for path in ("/nothing-here", "/api/unknown", "/api/models/org/m/unknown-op/main"):
         resp = raw_request(mirror.url, "GET", path)
         assert resp.status == 404 and resp.headers.get("X-Error-Message"), path
+
+
+def raw_exchange(base: str, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would (raw non-ASCII header values, broken framing); (status, headers, body)."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+def http_bytes(method: str, path: str, headers: list[bytes], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: mirror", b"Connection: close", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}".encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+FORM = b"Content-Type: application/x-www-form-urlencoded"
+JSON_TYPE = b"Content-Type: application/json"
+BAD_PATHS_INFO = [
+    pytest.param([JSON_TYPE], b"[" * 100_000, 400, "nested", id="deep-json"),
+    pytest.param([JSON_TYPE], b'{"paths": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "paths", id="nested-paths"),
+    pytest.param([JSON_TYPE], b'["a.txt"]', 400, "object", id="json-not-object"),
+    pytest.param([JSON_TYPE], b'{"paths": ["\\ud800"]}', 400, "Unicode", id="json-lone-surrogate"),
+    pytest.param([JSON_TYPE], b'{"paths": ["a.txt"], "expand": "yes"}', 400, "expand", id="json-expand-not-bool"),
+    pytest.param([JSON_TYPE], b"\xff\xfe{}", 400, "utf-8", id="json-not-utf8"),
+    pytest.param([FORM], b"paths=\xff\xfe&expand=true", 400, "utf-8", id="form-not-utf8"),
+    pytest.param([FORM], b"paths=%00", 400, "control", id="form-nul-path"),
+    pytest.param(
+        [b"Content-Type: application/x-www-form-urlencoded; charset=no-such-charset"],
+        b"paths=a.txt",
+        400,
+        "no-such-charset",
+        id="form-unknown-charset",
+    ),
+    pytest.param(
+        [b"Content-Type: multipart/form-data; boundary=xx"], b"--xx\r\nbroken", 415, "multipart", id="multipart"
+    ),
+    pytest.param([b"Content-Type: text/plain"], b"paths=a.txt", 415, "text/plain", id="text-plain"),
+    pytest.param([], b"paths=a.txt", 415, "application/x-www-form-urlencoded", id="no-content-type"),
+    pytest.param([FORM], b"paths=a&" * 600_000, 413, "larger than", id="too-large"),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "status", "complaint"), BAD_PATHS_INFO)
+def test_paths_info_bad_bodies_are_4xx(
+    hub: HubEmulator, mirror: MirrorThread, headers: list[bytes], body: bytes, status: int, complaint: str
+) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", headers, body)
+    got, answer_headers, _ = raw_exchange(mirror.url, request)
+    assert got == status, answer_headers
+    assert complaint in answer_headers["X-Error-Message"]
+    assert hub.count(path_contains="paths-info") == 0, "bad input never reaches upstream"
+
+
+def test_paths_info_form_and_json_still_work(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a", "b.txt": b"b"})
+    for headers, body in [
+        ([b"Content-Type: application/x-www-form-urlencoded; charset=utf-8"], b"paths=a.txt&paths=nope&expand=false"),
+        ([JSON_TYPE], b'{"paths": ["a.txt", "nope"], "expand": false}'),
+    ]:
+        status, _, answer = raw_exchange(
+            mirror.url, http_bytes("POST", "/api/models/org/m/paths-info/main", headers, body)
+        )
+        assert status == 200 and [e["path"] for e in json.loads(answer)] == ["a.txt"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"Bearer hf_\xff\xfesecret", b"Bearer hf_\xc3\xa9secret", b"Bearer hf_\tsecret", b"Bearer " + b"a" * 5000],
+    ids=["latin1-bytes", "utf8-bytes", "tab", "too-long"],
+)
+@pytest.mark.parametrize(
+    "path", ["/org/m/resolve/main/a.txt", "/api/models/org/m", "/api/models/org/m/revision/main", "/api/whoami-v2"]
+)
+def test_tokens_that_cannot_be_sent_upstream_are_400(
+    hub: HubEmulator, mirror: MirrorThread, value: bytes, path: str
+) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    hub.clear_requests()
+    status, headers, _ = raw_exchange(mirror.url, http_bytes("GET", path, [b"Authorization: " + value]))
+    assert status == 400 and "bearer token" in headers["X-Error-Message"]
+    assert "secret" not in headers["X-Error-Message"], "the token is never repeated"
+    assert hub.requests == [], "nothing is asked of upstream with a token it could not be sent"
+
+
+def info_records(mirror: MirrorThread) -> list[Path]:
+    return sorted(Path(mirror.config.cache.dir).rglob("info-*.json"))
+
+
+def test_junk_queries_share_one_cache_key(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    base = "/api/models/org/m/revision/main"
+    first = raw_request(mirror.url, "GET", base)
+    assert first.status == 200
+    for i in range(40):
+        junk = [f"junk{i}=1", f"expand=nonsense{i}", "blobs=false", f"securityStatus={'0' if i % 2 else 'no'}"]
+        assert raw_request(mirror.url, "GET", f"{base}?{'&'.join(junk[: 1 + i % 4])}").status == 200
+    assert hub.count(path_contains="/revision/main") == 1, "junk is not a new question for upstream"
+    assert len(info_records(mirror)) == 1
+
+    spellings = ["blobs=true", "blobs=1", "blobs=True&junk=2", "blobs=TRUE&expand=bogus"]
+    assert all(raw_request(mirror.url, "GET", f"{base}?{q}").status == 200 for q in spellings)
+    asked = [r.path for r in hub.requests if "/revision/main?" in r.path]
+    assert asked == ["/api/models/org/m/revision/main?blobs=true"], "one spelling, known parameters only"
+
+    for query in ("expand=sha&expand=siblings", "expand=siblings&expand=sha&expand=sha&expand=nope"):
+        assert raw_request(mirror.url, "GET", f"{base}?{query}").status == 200
+    assert len(info_records(mirror)) == 3
+
+
+def test_commits_queries_are_normalised(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    base = "/api/models/org/m/commits/main"
+    for query in ("", "?junk=1", "?p=0", "?p=00&other=x", "?expand%5B%5D=nonsense"):
+        assert raw_request(mirror.url, "GET", base + query).status == 200
+    assert hub.count(path_contains="/commits/") == 1
+    for query in ("?p=abc", "?p=-1", "?p=" + "9" * 5000, "?limit=1.5"):
+        resp = raw_request(mirror.url, "GET", base + query)
+        assert resp.status == 400 and resp.headers["X-Error-Message"], query
+
+
+def test_tree_cursor_past_the_end_is_400(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    assert raw_request(mirror.url, "GET", "/api/models/org/m/tree/main?cursor=1").status == 200
+    resp = raw_request(mirror.url, "GET", "/api/models/org/m/tree/main?cursor=2")
+    assert resp.status == 400 and "cursor" in resp.headers["X-Error-Message"]
+
+
+def test_body_that_does_not_decompress_is_400(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: gzip"], b"not gzip")
+    status, headers, _ = raw_exchange(mirror.url, request)
+    assert status == 400 and "could not be read" in headers["X-Error-Message"]

@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 from collections.abc import Hashable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from mirror.errors import BadRequest, MethodNotAllowed, NotFound, UpstreamUnavailable
+from mirror.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UpstreamUnavailable,
+)
 from mirror.hub import xet
 from mirror.hub.paths import ApiTarget
-from mirror.repo import RepoRef
+from mirror.repo import MAX_PATH_LENGTH, RepoRef
 from mirror.services import SERVICES, Services
 from mirror.tokens import bearer_token
 
@@ -24,6 +32,43 @@ TREE_PAGE = 1000
 TREE_PAGE_EXPANDED = 50
 AGENT_HARNESSES = {"standardEnvVars": [], "harnesses": {}}
 TRUE = ("1", "true", "True")
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+MAX_PATHS = 10_000
+# 10000 typical paths fit with room to spare; the bound is what one request may make the mirror hold.
+MAX_PATHS_INFO_BODY = 4 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+MAX_PAGE_NUMBER = 10**9
+
+# The `expand` values huggingface_hub's model_info/dataset_info/space_info send (hf_api.py,
+# ExpandModelProperty_T and its siblings). Anything else is dropped: it would only make a new
+# cache key and an upstream call for the same answer.
+_COMMON_EXPAND = (
+    "author cardData createdAt disabled lastModified likes private resourceGroup sha siblings tags trendingScore "
+    "usedStorage"
+)
+EXPAND_PROPERTIES: dict[str, frozenset[str]] = {
+    "model": frozenset(
+        f"{_COMMON_EXPAND} baseModels childrenModelCount config downloads downloadsAllTime evalResults gated gguf "
+        "inference inferenceProviderMapping library_name mask_token model-index pipeline_tag safetensors spaces "
+        "transformersInfo widgetData".split()
+    ),
+    "dataset": frozenset(
+        f"{_COMMON_EXPAND} citation description downloads downloadsAllTime gated mainSize paperswithcode_id".split()
+    ),
+    "space": frozenset(f"{_COMMON_EXPAND} datasets models region runtime sdk subdomain".split()),
+}
+# Repo-info flags as huggingface_hub sends them (`files_metadata=True` goes out as `blobs=true`).
+INFO_FLAGS = ("blobs", "securityStatus")
+COMMITS_EXPAND = frozenset({"formatted"})
+METHODS = {
+    "info": ("GET", "HEAD"),
+    "revision": ("GET", "HEAD"),
+    "tree": ("GET",),
+    "paths-info": ("POST",),
+    "refs": ("GET",),
+    "commits": ("GET",),
+}
 
 
 def mirror_origin(request: web.Request, services: Services) -> str:
@@ -47,8 +92,55 @@ def json_response(
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
-def canonical_query(request: web.Request, drop: tuple[str, ...] = ()) -> str:
-    return urlencode(sorted((k, v) for k, v in request.query.items() if k not in drop))
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true")
+
+
+def _page_number(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 10) or int(value) > MAX_PAGE_NUMBER:
+        raise BadRequest(f"{name} must be a whole number up to {MAX_PAGE_NUMBER}")
+    return int(value)
+
+
+def canonical_query(request: web.Request, op: str, repo_type: str) -> str:
+    """The query of an info/revision or commits call, reduced to what the Hub defines for it ("" for other ops).
+
+    It becomes a cache key and the upstream query, so every spelling of one question must map to
+    one string: unknown parameters and `expand` values are dropped, booleans written `true` (false
+    is the default and is left out), page numbers as plain integers, the result sorted.
+    """
+    params: list[tuple[str, str]] = []
+    if op in ("info", "revision"):
+        params += [(flag, "true") for flag in INFO_FLAGS if _truthy(request.query.get(flag))]
+        known = EXPAND_PROPERTIES.get(repo_type, frozenset())
+        params += [("expand", v) for v in set(request.query.getall("expand", [])) if v in known]
+    elif op == "commits":
+        for name in ("p", "limit"):
+            number = _page_number(request, name)
+            if number is not None and (name != "p" or number > 0):
+                params.append((name, str(number)))
+        params += [("expand[]", v) for v in set(request.query.getall("expand[]", [])) if v in COMMITS_EXPAND]
+    return urlencode(sorted(params))
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (after any Content-Encoding)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
+    body = bytearray()
+    try:
+        while chunk := await request.content.read(READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # Broken chunking or compression: the client's fault, said without echoing its bytes.
+        cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
+        raise BadRequest(f"{what} could not be read: {type(cause).__name__}") from None
+    return bytes(body)
 
 
 def _require(request: web.Request, *methods: str) -> None:
@@ -66,37 +158,34 @@ async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamRespo
     if target.op == "auth-check":
         _require(request, "GET")
         return await passthrough(request, services, f"{repo.api_path}/auth-check", token)
+    # The request itself is checked before anything (the access policy) is asked of upstream.
+    if target.op in METHODS:
+        _require(request, *METHODS[target.op])
+    query = canonical_query(request, target.op, repo.repo_type)
+    paths_info = await _paths_info_body(request) if target.op == "paths-info" else None
     await services.policy.check(repo, token, files=False)
 
     if target.op in ("info", "revision"):
-        _require(request, "GET", "HEAD")
-        query = canonical_query(request)
         data = await services.revisions.info(repo, target.revision, query, token)
         sha = data.get("sha") if isinstance(data, dict) else None
         return json_response(services, data, cache_as=(repo, ("info", sha, query)) if sha else None)
 
     if target.op == "tree":
-        _require(request, "GET")
         return await _tree(request, services, target, token)
 
-    if target.op == "paths-info":
-        _require(request, "POST")
-        paths, expand = await _paths_info_body(request)
+    if paths_info is not None:
+        paths, expand = paths_info
         assert target.revision is not None
         data = await services.metadata.paths_info(repo, target.revision, paths, expand, token)
         return json_response(services, data)
 
     if target.op == "refs":
-        _require(request, "GET")
         include_prs = request.query.get("include_prs", "") in TRUE
         return json_response(services, await services.metadata.refs(repo, include_prs, token))
 
     if target.op == "commits":
-        _require(request, "GET")
         assert target.revision is not None
-        commit, items, next_query = await services.metadata.commits(
-            repo, target.revision, canonical_query(request), token
-        )
+        commit, items, next_query = await services.metadata.commits(repo, target.revision, query, token)
         headers = {}
         if next_query is not None:
             url = f"{mirror_origin(request, services)}{repo.api_path}/commits/{commit}?{next_query}"
@@ -117,6 +206,9 @@ async def _tree(request: web.Request, services: Services, target: ApiTarget, tok
     if cursor < 0:
         raise BadRequest("invalid cursor")
     commit, entries = await services.metadata.tree(target.repo, target.revision, target.path, recursive, expand, token)
+    if cursor > len(entries):
+        # Each cursor is a cache key: only those inside the listing may make one.
+        raise BadRequest("cursor is past the end of the listing")
     page_size = TREE_PAGE_EXPANDED if expand else TREE_PAGE
     page = entries[cursor : cursor + page_size]
     headers = {}
@@ -132,19 +224,57 @@ async def _tree(request: web.Request, services: Services, target: ApiTarget, tok
 
 
 async def _paths_info_body(request: web.Request) -> tuple[list[str], bool]:
-    if request.content_type == "application/json":
+    """`paths` and `expand` from a form (what huggingface_hub sends) or a JSON object.
+
+    Parsed by Content-Type only, like the Hub: a body of any other type is refused, not guessed at.
+    """
+    if request.content_type not in (FORM, JSON):
+        raise UnsupportedMediaType(f"paths-info takes a {FORM} or {JSON} body, not {request.content_type[:100]}")
+    raw = await read_body(request, MAX_PATHS_INFO_BODY, "paths-info body")
+    charset = request.charset or "utf-8"
+    try:
+        text = raw.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        raise BadRequest(f"paths-info body is not valid {charset[:40]} text") from None
+    paths: Any
+    expand: Any
+    if request.content_type == JSON:
         try:
-            body = await request.json()
-            paths, expand = body.get("paths", []), bool(body.get("expand", False))
-        except (ValueError, AttributeError):
-            raise BadRequest("paths-info body must be a JSON object or a form") from None
+            body = json.loads(text) if text.strip() else {}
+        except RecursionError:
+            raise BadRequest("paths-info JSON is nested too deeply") from None
+        except ValueError:
+            raise BadRequest("paths-info body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest('paths-info JSON must be an object like {"paths": ["a.txt"], "expand": false}')
+        paths, expand = body.get("paths", []), body.get("expand", False)
+        if not isinstance(expand, bool):
+            raise BadRequest("expand must be true or false")
     else:
-        form = await request.post()
-        paths = [str(p) for p in form.getall("paths", [])]
-        expand = str(form.get("expand", "false")) in TRUE
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or len(paths) > 10_000:
-        raise BadRequest("paths must be a list of at most 10000 strings")
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PATHS + 10)
+        except ValueError:
+            raise BadRequest(f"paths-info form has more than {MAX_PATHS} paths") from None
+        paths = [value for key, value in pairs if key == "paths"]
+        expand = any(key == "expand" and value in TRUE for key, value in pairs)
+    if not isinstance(paths, list) or len(paths) > MAX_PATHS or not all(isinstance(p, str) for p in paths):
+        raise BadRequest(f"paths must be a list of at most {MAX_PATHS} strings")
+    for path in paths:
+        _check_path(path)
     return paths, expand
+
+
+def _check_path(path: str) -> None:
+    """A paths-info path that could name a file: upstream omits the missing ones, so no more is needed."""
+    if len(path) > MAX_PATH_LENGTH:
+        raise BadRequest(f"a path is longer than {MAX_PATH_LENGTH} characters")
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
+        raise BadRequest("a path contains control characters")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates from JSON escapes cannot be sent upstream or stored.
+        raise BadRequest("a path is not valid Unicode") from None
 
 
 async def passthrough(request: web.Request, services: Services, path: str, token: str | None) -> web.Response:
