@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from mirror.admin.allowlist import ALLOWLIST_KEY
 from mirror.cache import keys
+from mirror.sync import jobs
 from tests.client import run_client
 from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator, sha256_hex
@@ -342,3 +345,86 @@ def test_sync_bandwidth_cap(hub: HubEmulator, tmp_path: Path) -> None:
         assert elapsed >= 1.8
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/sync/a%20b"),
+        ("GET", "/admin/sync/%ff"),
+        ("GET", "/admin/sync/abc%00"),
+        ("GET", "/admin/sync/" + "a" * 300),
+        ("DELETE", "/admin/allowlist/%ff"),
+        ("DELETE", "/admin/allowlist/abc%00"),
+        ("DELETE", "/admin/repos/model/org/a%00b"),
+    ],
+)
+def test_odd_ids_in_admin_paths_are_400(admin_mirror: MirrorThread, method: str, path: str) -> None:
+    status, _, headers = call(admin_mirror.url, method, path)
+    assert status == 400 and headers["X-Error-Message"]
+
+
+def test_admin_input_is_bounded(admin_mirror: MirrorThread, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.audit")
+    base = admin_mirror.url
+    # The attack: one 10 MB POST of 1.2 M copies of one revision.
+    status, _, headers = call(base, "POST", "/admin/allowlist", entry("org/m", revisions=["main"] * 1_200_000))
+    assert status == 413 and "larger than" in headers["X-Error-Message"]
+    assert call(base, "GET", "/admin/allowlist")[1] == []
+
+    status, created, _ = call(base, "POST", "/admin/allowlist", entry("org/m", revisions=["main", "v1", "main"] * 500))
+    assert status == 201 and created["revisions"] == ["main", "v1"], "duplicates are dropped, order kept"
+    status, _, headers = call(base, "POST", "/admin/allowlist", entry("org/m"))
+    assert status == 400 and created["id"] in headers["X-Error-Message"], "one entry per pattern"
+
+    too_many = [
+        ({"revisions": [f"v{i}" for i in range(33)]}, "revisions"),
+        ({"include": [f"*.{i}" for i in range(65)]}, "include"),
+        ({"exclude": ["x" * 257]}, "exclude"),
+        ({"include": ["a\nb"]}, "include"),
+    ]
+    for extra, complaint in too_many:
+        status, _, headers = call(base, "POST", "/admin/allowlist", entry("org/other", **extra))
+        assert status == 400 and complaint in headers["X-Error-Message"], extra
+    for path in ("/admin/sync", "/admin/allowlist"):
+        nested = urllib.request.Request(
+            f"{base}{path}", data=b"[" * 60_000, method="POST", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(nested, timeout=30)
+        assert refused.value.code == 400 and "nested" in refused.value.headers["X-Error-Message"]
+
+    # The largest entry the caps allow still makes one short audit line.
+    big = entry(
+        "org/big",
+        revisions=[f"r{i}-" + "x" * 200 for i in range(32)],
+        include=[f"{i}-" + "y" * 250 for i in range(64)],
+        exclude=[f"{i}-" + "z" * 250 for i in range(64)],
+    )
+    assert call(base, "POST", "/admin/allowlist", big)[0] == 201
+    audit = [r for r in caplog.records if r.name == "mirror.audit"]
+    assert len(audit) == 2
+    assert all(len(r.getMessage()) < 2200 and len(json.dumps(r.audit)) < 2500 for r in audit)
+
+
+def test_stored_duplicates_are_dropped_on_load(admin_mirror: MirrorThread) -> None:
+    stored = {**entry("org/m", revisions=["main"] * 10_000, include=["*.json"] * 100), "id": "0123456789ab"}
+    admin_mirror.call(admin_mirror.services.records.put(ALLOWLIST_KEY, {"entries": [stored]}))
+    _, entries, _ = call(admin_mirror.url, "GET", "/admin/allowlist")
+    assert [(e["revisions"], e["include"]) for e in entries] == [(["main"], ["*.json"])]
+
+
+def test_sync_job_targets_are_capped(
+    hub: HubEmulator, admin_mirror: MirrorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "MAX_JOB_TARGETS", 3)
+    for name in ("a", "b"):
+        hub.add_repo("model", f"qw/{name}", {"config.json": b"{}"})
+    call(admin_mirror.url, "POST", "/admin/allowlist", entry("qw/*", revisions=["main", "other"]))
+    job = wait_job(admin_mirror.url, call(admin_mirror.url, "POST", "/admin/sync", {})[1]["id"])
+    assert [(t["repo"], t["revision"]) for t in job["targets"]] == [
+        ("qw/a", "main"),
+        ("qw/a", "other"),
+        ("qw/b", "main"),
+    ]
+    assert any("stopped at 3" in e for e in job["errors"])

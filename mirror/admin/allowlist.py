@@ -24,7 +24,14 @@ RELOAD_SECONDS = 5.0
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9._\-*?\[\]]{1,96}(/[A-Za-z0-9._\-*?\[\]]{1,96})?$")
 _INTERVAL_RE = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENTRY_ID_RE = re.compile(r"[0-9a-f]{12}")
 MIN_INTERVAL = 60
+# Every revision of every matching repo is a sync target, and every target costs upstream calls:
+# the caps keep one admin request from turning into an unbounded job.
+MAX_REVISIONS = 32
+MAX_GLOBS = 64
+MAX_GLOB_LENGTH = 256
+MAX_ENTRIES = 1000
 
 
 def parse_interval(text: str) -> int:
@@ -37,12 +44,28 @@ def parse_interval(text: str) -> int:
     return seconds
 
 
+def _unique(values: list[str]) -> list[str]:
+    """Duplicates dropped, first occurrence kept: the order an admin wrote is the order shown."""
+    return list(dict.fromkeys(values))
+
+
 def _glob_list(name: str, value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value):
-        raise BadRequest(f"{name} must be a list of glob strings")
-    return list(value)
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= MAX_GLOB_LENGTH for v in value):
+        raise BadRequest(f"{name} must be a list of glob strings of at most {MAX_GLOB_LENGTH} characters")
+    globs = _unique(value)
+    if len(globs) > MAX_GLOBS:
+        raise BadRequest(f"{name} has {len(globs)} distinct globs; at most {MAX_GLOBS} are allowed")
+    if any(ord(c) < 32 or c == "\x7f" for glob in globs for c in glob):
+        raise BadRequest(f"{name} globs must not contain control characters")
+    return globs
+
+
+def check_entry_id(entry_id: str) -> str:
+    if not _ENTRY_ID_RE.fullmatch(entry_id):
+        raise BadRequest("an allow-list entry id is 12 hexadecimal digits (see GET /admin/allowlist)")
+    return entry_id
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,9 @@ class AllowEntry:
         revisions = body.get("revisions", ["main"])
         if not isinstance(revisions, list) or not revisions or not all(isinstance(r, str) for r in revisions):
             raise BadRequest("revisions must be a non-empty list of branch, tag or commit names")
+        revisions = _unique(revisions)
+        if len(revisions) > MAX_REVISIONS:
+            raise BadRequest(f"revisions has {len(revisions)} distinct names; at most {MAX_REVISIONS} are allowed")
         for revision in revisions:
             validate_revision(revision)
         interval = body.get("sync_interval", "6h")
@@ -99,7 +125,7 @@ class AllowEntry:
             id=secrets.token_hex(6),
             repo_type=repo_type,
             pattern=pattern,
-            revisions=list(revisions),
+            revisions=revisions,
             sync_interval=interval,
             include=_glob_list("include", body.get("include")),
             exclude=_glob_list("exclude", body.get("exclude")),
@@ -108,6 +134,12 @@ class AllowEntry:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _stored_entry(data: dict[str, Any]) -> AllowEntry:
+    # Entries saved before input was deduplicated may repeat a revision or glob many times over.
+    lists = {k: _unique(data[k]) for k in ("revisions", "include", "exclude") if isinstance(data.get(k), list)}
+    return AllowEntry(**{**data, **lists})
 
 
 class AllowList:
@@ -133,7 +165,7 @@ class AllowList:
 
     async def _reload(self) -> None:
         data = await self.records.get(ALLOWLIST_KEY) or {"entries": []}
-        self._entries = [AllowEntry(**e) for e in data["entries"]]
+        self._entries = [_stored_entry(e) for e in data["entries"]]
         self._loaded_at = self.clock()
 
     async def check(self, repo: RepoRef) -> None:
@@ -156,10 +188,22 @@ class AllowList:
     async def add(self, entry: AllowEntry) -> AllowEntry:
         async with self._lock:
             await self._reload()
+            same = next(
+                (e for e in self._entries if (e.repo_type, e.pattern) == (entry.repo_type, entry.pattern)), None
+            )
+            if same is not None:
+                # A second entry would sync the same repos twice; changing one is remove + add.
+                raise BadRequest(
+                    f"{entry.repo_type} {entry.pattern} is already on the allow-list as entry {same.id}; "
+                    "remove that entry first to change it"
+                )
+            if len(self._entries) >= MAX_ENTRIES:
+                raise BadRequest(f"the allow-list is full ({MAX_ENTRIES} entries); use a glob or remove entries")
             await self._save([*self._entries, entry])
         return entry
 
     async def remove(self, entry_id: str) -> AllowEntry | None:
+        check_entry_id(entry_id)
         async with self._lock:
             await self._reload()
             found = next((e for e in self._entries if e.id == entry_id), None)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from mirror.admin.allowlist import AllowEntry
 from mirror.errors import BadRequest, HubError, NotFound
+from mirror.hub.api import read_body
 from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id
 from mirror.services import SERVICES
 from mirror.sync.jobs import SyncManager, forget_repo
@@ -29,10 +30,19 @@ audit_log = logging.getLogger("mirror.audit")
 SYNC = web.AppKey("sync", SyncManager)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 _ROOTS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
+# The largest valid allow-list entry (every list at its cap) is about 50 KB.
+MAX_BODY = 64 * 1024
+# Longer audit lines are cut: a log line must not grow with what a caller sends.
+MAX_AUDIT_CHARS = 2000
 
 
 class AdminAuthError(HubError):
     status = 401
+
+
+def _same_token(presented: str, expected: str) -> bool:
+    # Constant time, so the comparison does not tell how much of a guess was right.
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 def _authorise(request: web.Request) -> str:
@@ -46,26 +56,49 @@ def _authorise(request: web.Request) -> str:
             "admin API: missing 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": 'Bearer realm="hub-mirror admin"'},
         )
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not _same_token(token, expected):
         raise HubError("admin API: wrong admin token", status=403)
     return f"admin-token:{fingerprint(token)[:8]}@{request.remote}"
 
 
+def is_admin(request: web.Request) -> bool:
+    """Whether the request carries the admin token; for views that only add detail for admins.
+
+    Never raises: a missing, malformed or wrong token, or a disabled admin API, is simply not admin.
+    """
+    expected = request.app[SERVICES].config.admin.token
+    if not expected:
+        return False
+    try:
+        token = bearer_token(request.headers.get("Authorization"))
+    except BadRequest:
+        return False
+    return token is not None and _same_token(token, expected)
+
+
 def _audit(who: str, action: str, target: Any) -> None:
+    text = json.dumps(target, default=str)
+    if len(text) > MAX_AUDIT_CHARS:
+        text = f"{text[:MAX_AUDIT_CHARS]}... ({len(text) - MAX_AUDIT_CHARS} more characters)"
+        # The structured copy is cut the same way; the full entry is in storage.
+        target = {"truncated": text}
     audit_log.info(
         "%s %s %s",
         who,
         action,
-        json.dumps(target, default=str),
+        text,
         extra={"audit": {"who": who, "action": action, "target": target, "at": time.time()}},
     )
 
 
 async def _json_body(request: web.Request) -> Any:
+    raw = await read_body(request, MAX_BODY, "admin request body")
     try:
-        return await request.json()
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body must be JSON") from None
+        raise BadRequest("request body must be JSON (UTF-8)") from None
 
 
 async def list_allowlist(request: web.Request) -> web.Response:

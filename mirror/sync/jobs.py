@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 JOBS_PREFIX = "admin/sync/jobs/"
 KEEP_JOBS = 200
 PROGRESS_SAVE_SECONDS = 2.0
+_JOB_ID_RE = re.compile(r"[0-9a-f]{12}")
+# Repo x revision pairs one job may sync. Entries are capped one by one, but a glob can match a
+# whole namespace; past this the job stops adding targets and says so instead of hammering upstream.
+MAX_JOB_TARGETS = 5000
 
 
 def entry_state_key(entry_id: str) -> str:
@@ -141,6 +146,9 @@ class SyncManager:
             self.jobs.popitem(last=False)
 
     async def get(self, job_id: str) -> dict[str, Any]:
+        if not _JOB_ID_RE.fullmatch(job_id):
+            # Checked before it becomes part of a storage key.
+            raise BadRequest("a sync job id is 12 hexadecimal digits (see GET /admin/sync)")
         if job_id in self.jobs:
             return self.jobs[job_id].to_json()
         record = await self.services.records.get(f"{JOBS_PREFIX}{job_id}.json")
@@ -175,6 +183,8 @@ class SyncManager:
         await self._save(job)
         metrics = self.services.metrics
         entries = [e for e in await self.allowlist.entries() if e.id in job.entry_ids]
+        targets = 0
+        capped = False
         for entry in entries:
             ok = True
             try:
@@ -184,6 +194,16 @@ class SyncManager:
                 repos, ok = [], False
             for repo in repos:
                 for revision in entry.revisions:
+                    if targets >= MAX_JOB_TARGETS:
+                        if not capped:
+                            job.errors.append(
+                                f"stopped at {MAX_JOB_TARGETS} repo revisions in one job; "
+                                "narrow the allow-list entries or sync them one repo at a time"
+                            )
+                            capped = True
+                        ok = False
+                        break
+                    targets += 1
                     target = RevisionProgress(repo.repo_type, repo.repo_id, revision)
                     job.targets.append(target)
                     ok = await self._sync_revision(job, entry, repo, target) and ok
