@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hub-mirror: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, secrets=(config.admin.token, config.upstream.token))
     tune_allocator()
     storage = (
         f"s3://{config.storage.s3_bucket}/{config.storage.s3_prefix} at {config.storage.s3_endpoint or 'AWS'}"

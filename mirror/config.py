@@ -203,6 +203,9 @@ class Config:
             raise ConfigError("sync.bandwidth_limit must be >= 0 (0 = no cap)")
         if self.sync.tick <= 0 or self.sync.concurrency < 1 or self.sync.lease_ttl <= self.sync.tick:
             raise ConfigError("sync.tick must be > 0, sync.concurrency >= 1 and sync.lease_ttl > sync.tick")
+        if self.admin.token and not re.fullmatch(r"[\x21-\x7e]+", self.admin.token):
+            # Clients send it as a bearer token, which the mirror accepts only as printable ASCII.
+            raise ConfigError("admin.token must be printable ASCII without spaces")
         if self.log.format not in ("text", "json"):
             raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
         self.upstream.url = self.upstream.url.rstrip("/")

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mirror.admin.routes import is_admin
 from mirror.errors import StorageError
 from mirror.services import SERVICES, Services
 
@@ -29,18 +30,25 @@ async def readyz(request: web.Request) -> web.Response:
 
     Cached data keeps being served while upstream is down, so taking the mirror out of a load
     balancer for an upstream outage would only make things worse.
+
+    Anyone may probe, so the plain answer says only ready or not, storage ok or not, upstream
+    reachable or not. Storage errors name the endpoint, bucket and prefix; they are shown only to
+    a caller with the admin token.
     """
     services = request.app[SERVICES]
-    body: dict[str, object] = {"config": "loaded", "storage_backend": services.storage.name}
+    storage_error: str | None = None
     try:
         await services.storage.check_writable()
-        body["storage"] = "ok"
-        ready = True
     except StorageError as exc:
-        body["storage"] = exc.message
-        ready = False
-    body["upstream"] = "reachable" if await upstream_reachable(services) else "unreachable"
-    body["status"] = "ready" if ready else "unready"
+        storage_error = exc.message
+    ready = storage_error is None
+    body: dict[str, object] = {
+        "status": "ready" if ready else "unready",
+        "storage": "ok" if ready else "unavailable",
+        "upstream": "reachable" if await upstream_reachable(services) else "unreachable",
+    }
+    if is_admin(request):
+        body.update({"config": "loaded", "storage_backend": services.storage.name, "storage": storage_error or "ok"})
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -60,7 +68,7 @@ async def upstream_reachable(services: Services) -> bool:
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         reachable = False
     services.upstream_probe = (reachable, now)
-    services.metrics.upstream_up.set(1 if reachable else 0)
+    services.upstream.record_outcome(reachable)
     return reachable
 
 

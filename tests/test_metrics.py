@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
+import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mirror.logs import SecretFilter, install_log_filters
 from tests.client import run_client
+from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator
 from tests.mirror_server import MirrorProcess, MirrorThread
 
@@ -154,6 +158,101 @@ def test_json_access_log_line_without_token(hub: HubEmulator, tmp_path: Path) ->
     assert [a["cache"] for a in access] == ["miss", "hit"]
     assert access[0]["status"] == 200 and access[0]["bytes"] == 2 and access[0]["upstream_calls"] >= 1
     assert access[1]["upstream_calls"] == 0 and access[1]["duration_ms"] > 0
+
+
+def test_readiness_details_only_for_the_admin(hub: HubEmulator, tmp_path: Path) -> None:
+    admin = "readyz-admin-token-1234"
+    server = start_mirror(hub.url, tmp_path / "cache", admin={"token": admin})
+    cache = Path(server.config.cache.dir)
+    moved = cache.with_name("moved-away")
+    try:
+        status, body = get(f"{server.url}/readyz")
+        assert status == 200 and json.loads(body) == {"status": "ready", "storage": "ok", "upstream": "reachable"}
+        cache.rename(moved)
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Bearer \u00e9"}):
+            status, body = get(f"{server.url}/readyz", headers)
+            assert status == 503, headers
+            # Whether storage works, not where it is: no backend, path, endpoint, bucket or prefix.
+            assert json.loads(body) == {"status": "unready", "storage": "unavailable", "upstream": "reachable"}
+        status, body = get(f"{server.url}/readyz", {"Authorization": f"Bearer {admin}"})
+        detail = json.loads(body)
+        assert status == 503 and detail["storage_backend"] == "local"
+        assert detail["storage"].startswith("local storage: cannot")
+    finally:
+        if moved.exists():
+            moved.rename(cache)
+        server.stop()
+
+
+def remove_log_filters(installed: logging.Filter) -> None:
+    for name in ("aiohttp.server", "aiohttp.web"):
+        logging.getLogger(name).removeFilter(installed)
+
+
+def test_malformed_requests_log_one_info_line_without_token(
+    mirror: MirrorThread, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+) -> None:
+    """aiohttp logs unparseable requests at ERROR with a traceback and the raw header line."""
+    installed = install_log_filters()
+    request.addfinalizer(lambda: remove_log_filters(installed))
+    caplog.set_level(logging.DEBUG)
+    secret = "hf_parser_error_secret_token"
+    for bad_line in (f"Authorization: Bearer {secret}\x01", f"Cookie: session={secret}\x7f", "X-Bad\x01: y"):
+        raw = f"GET /healthz HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {secret}\r\n{bad_line}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", int(mirror.url.rsplit(":", 1)[1])), timeout=10) as sock:
+            sock.sendall(raw.encode("latin-1"))
+            assert sock.recv(100).startswith(b"HTTP/1.0 400")
+    parser = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(parser) == 3
+    for record in parser:
+        assert record.levelno == logging.INFO and record.exc_info is None and record.exc_text is None
+        assert "rejected a malformed HTTP request" in record.getMessage()
+    assert secret not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_secrets_in_any_record_are_redacted() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "mirror.upstream",
+            "msg": "upstream said %s for %s",
+            "args": ("no", "https://cdn/x?Signature=abc123&Expires=1"),
+            "http": {"headers": ["Authorization: Bearer tok-123", "Cookie: a=b"]},
+        }
+    )
+    secret_filter = SecretFilter(secrets=["configured-admin-token", "short"])
+    assert secret_filter.filter(record)
+    assert record.getMessage() == "upstream said no for https://cdn/x?Signature=[REDACTED]&Expires=1"
+    assert record.http == {"headers": ["Authorization: [REDACTED]", "Cookie: [REDACTED]"]}
+    other = logging.makeLogRecord(
+        {"name": "mirror.x", "msg": "token configured-admin-token and hf_" + "a" * 34 + " short"}
+    )
+    secret_filter.filter(other)
+    assert other.getMessage() == "token [REDACTED] and [REDACTED] short", "too-short secrets are left alone"
+
+
+def test_serve_logs_parser_errors_without_token_or_traceback(hub: HubEmulator, tmp_path: Path) -> None:
+    admin = "serve-admin-token-5678"
+    proc = MirrorProcess(
+        "--upstream", hub.url, "--cache-dir", str(tmp_path / "c"), "--log-format", "json",
+        env={"HUB_MIRROR_ADMIN_TOKEN": admin},
+    )  # fmt: skip
+    secret = "hf_serve_parser_error_secret"
+    try:
+        proc.wait_ready()
+        for value in (f"Bearer {secret}\x01".encode(), f"Bearer {admin}\x01".encode()):
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            conn.putrequest("GET", "/healthz")
+            conn.putheader("Authorization", value)
+            conn.endheaders()
+            assert conn.getresponse().status == 400
+            conn.close()
+    finally:
+        output = proc.stop()
+    assert secret not in output and admin not in output and "Traceback" not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    rejected = [line for line in lines if line["logger"] == "aiohttp.server"]
+    assert [line["level"] for line in rejected] == ["info", "info"]
+    assert all("exception" not in line for line in rejected)
 
 
 def test_dashboard_and_alerts_use_exported_metrics(hub: HubEmulator, mirror: MirrorThread) -> None:

@@ -411,9 +411,11 @@ def test_object_store_killed_mid_fill_and_restarted(hub: HubEmulator, tmp_path: 
         # While the store is down: clear 5xx, for the blob and for readiness.
         status, body, headers = fetch(url)
         assert status == 503, body
-        assert "s3 storage" in headers.get("X-Error-Message", "")
+        # The client is told the storage is unavailable; which endpoint and bucket is for the log.
+        assert "storage is unavailable" in headers.get("X-Error-Message", "")
+        assert server.endpoint not in headers.get("X-Error-Message", "")
         status, ready = _ready(mirror)
-        assert status == 503 and "s3 storage" in ready["storage"]
+        assert (status, ready["storage"]) == (503, "unavailable")
 
         server.start()
         deadline = time.monotonic() + 30

@@ -11,9 +11,10 @@ import logging
 
 from aiohttp import web
 
-from mirror.errors import HubError
+from mirror.errors import HubError, StorageError
 
 log = logging.getLogger(__name__)
+STORAGE_UNAVAILABLE = "the mirror's cache storage is unavailable; try again later"
 
 
 def _header_safe(text: str) -> str:
@@ -45,6 +46,9 @@ async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamRe
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         _cut_if_started(request)
+        if isinstance(exc, StorageError):
+            # Its message names the store (endpoint, bucket, prefix, path): the log has it.
+            return error_response(StorageError(STORAGE_UNAVAILABLE, headers=exc.headers))
         return error_response(exc)
     except Exception:
         log.exception("unhandled error for %s %s", request.method, request.path)

@@ -59,7 +59,7 @@ def _record(request: web.Request, stats: RequestStats, status: int, duration: fl
     access_log.info(
         "%s %s %d%s %dB %.1fms cache=%s upstream=%.1fms",
         request.method,
-        request.path,
+        request.rel_url.raw_path,
         status,
         " CUT" if stats.cut else "",
         stats.bytes_sent,
@@ -69,7 +69,7 @@ def _record(request: web.Request, stats: RequestStats, status: int, duration: fl
         extra={
             "http": {
                 "method": request.method,
-                "path": request.path,
+                "path": request.rel_url.raw_path,
                 "status": status,
                 "bytes": stats.bytes_sent,
                 "cut": stats.cut,
