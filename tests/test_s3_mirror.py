@@ -7,6 +7,7 @@ one bucket, and the object store killed mid-fill and brought back while the mirr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -509,5 +510,32 @@ def test_late_follower_of_an_s3_fill_gets_every_byte(hub: HubEmulator, s3: S3Ser
             rest = first.read()
         assert head + rest == big
         assert (status, len(body), body == big) == (200, len(big), True)
+    finally:
+        mirror.stop()
+
+
+def test_late_follower_never_gets_bytes_the_fill_did_not_verify(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path
+) -> None:
+    """The late follower's bytes come from an upstream request of their own: corrupt that one only.
+
+    Each block it is served must equal the fill's (which the blob's hash verifies), so the corrupt
+    block is fetched again and the follower still gets exactly the file.
+    """
+    big = os.urandom(4 * MIN_PART_SIZE)
+    hub.add_repo("model", "org/late", {"w.safetensors": big})
+    hub.faults.throttle(10 * MIB)
+    # The fill's own CDN request is left intact; the follower's catch-up request is corrupted.
+    hub.faults.corrupt(path_contains="w.safetensors", offset=MIB + 7, skip=1, times=1)
+    mirror = s3_mirror(hub, s3, tmp_path, f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        url = f"{mirror.url}/org/late/resolve/main/w.safetensors"
+        with urllib.request.urlopen(url, timeout=60) as first:
+            head = first.read(2 * MIN_PART_SIZE + MIB)
+            status, body, _ = fetch(url)
+            rest = first.read()
+        assert head + rest == big
+        assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_hex(big)
+        assert hub.count(method="GET", origin="cdn", path_contains="w.safetensors") >= 3, "the bad block was refetched"
     finally:
         mirror.stop()

@@ -41,6 +41,8 @@ class Throttle(Protocol):
 
 
 RECENT_CHUNKS = 4
+# Granularity at which bytes fetched for a follower outside the fill are checked against the fill's.
+BLOCK = 1024 * 1024
 PIPELINE_CHUNKS = 4
 # Upstream bytes are processed in batches of up to chunk_size, or whatever arrived within this
 # many seconds, so slow upstreams still reach clients promptly.
@@ -153,6 +155,13 @@ class Fill:
         # The last few chunks stay in memory so followers close behind the fill (the usual case)
         # get them without a disk read; memory per fill stays bounded by RECENT_CHUNKS chunks.
         self._recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_CHUNKS)
+        # sha256 of each BLOCK of the fill's bytes, kept when the writer cannot read them back (S3):
+        # a follower that falls behind is then served from its own upstream request (_catch_up),
+        # whose bytes the blob's hash does not cover; each of its blocks must match the fill's.
+        self._blocks: list[bytes] | None = None
+        self._block_hasher = hashlib.sha256()
+        self._block_len = 0
+        self._hashed = 0
 
     @property
     def done(self) -> bool:
@@ -169,6 +178,8 @@ class Fill:
                 self.written = self.entry.size
             else:
                 self.writer = await self._bounded(self.storage.open_writer(self.entry.blob_key), "open a writer")
+                if getattr(self.writer, "window_start", None) is not None:
+                    self._blocks = []
                 await self._download(self.writer)
                 self.complete = True
                 self._notify()  # followers may send the last byte while the blob is made durable
@@ -232,10 +243,28 @@ class Fill:
     async def _store(self, queue: asyncio.Queue[bytes | None], hasher: Any, writer: BlobWriter) -> None:
         while (chunk := await queue.get()) is not None:
             # hashlib releases the GIL: hash in a worker while the writer writes.
-            await asyncio.gather(asyncio.to_thread(hasher.update, chunk), self._bounded(writer.write(chunk), "write"))
+            await asyncio.gather(
+                asyncio.to_thread(self._digest, hasher, chunk), self._bounded(writer.write(chunk), "write")
+            )
             self._recent.append((self.written, chunk))
             self.written += len(chunk)
             self._notify()
+
+    def _digest(self, hasher: Any, chunk: bytes) -> None:
+        """Hash a chunk into the blob's hash and, when kept, the block digests (in a worker thread)."""
+        hasher.update(chunk)
+        if self._blocks is None:
+            return
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), BLOCK - self._block_len)
+            self._block_hasher.update(view[:take])
+            self._block_len += take
+            self._hashed += take
+            view = view[take:]
+            if self._block_len == BLOCK or self._hashed == self.entry.size:
+                self._blocks.append(self._block_hasher.digest())
+                self._block_hasher, self._block_len = hashlib.sha256(), 0
 
     async def _receive(self, queue: asyncio.Queue[bytes | None], store: asyncio.Task[None]) -> None:
         entry = self.entry
@@ -374,8 +403,10 @@ class Fill:
         """Serve a follower that fell behind the writer's window straight from upstream.
 
         Ends when the follower is back inside the window, the fill is published (storage serves the
-        rest), or it reached the response's held-back last byte. Every chunk is checked against the
-        fill's state first, so bytes that failed verification never complete a download.
+        rest), or it reached the response's held-back last byte. These bytes come from a request of
+        their own, which the blob's hash does not cover: they go out a block at a time, each block
+        only once it matches the sha256 of the same block of the fill's bytes (a mismatch is
+        fetched again). The fill's hash then vouches for them too.
         """
         entry = self.entry
         limit = end - 1
@@ -383,23 +414,44 @@ class Fill:
         while pos < limit and not self.verified and not self._back_in_window(pos):
             if self.error is not None:
                 raise self.error
+            block_start = pos - pos % BLOCK
+            buffer = bytearray()
             try:
-                async with contextlib.aclosing(self._upstream_from(pos)) as chunks:
+                async with contextlib.aclosing(self._upstream_from(block_start)) as chunks:
                     async for chunk in chunks:
-                        chunk = chunk[: max(0, limit - pos)]
-                        if self.error is not None:
-                            raise self.error
-                        if chunk:
-                            pos += len(chunk)
-                            failures = 0
-                            yield chunk
-                        if pos >= limit or self.verified or self._back_in_window(pos):
-                            return
+                        buffer += chunk
+                        while len(buffer) >= (block_len := min(BLOCK, entry.size - block_start)):
+                            block = bytes(buffer[:block_len])
+                            del buffer[:block_len]
+                            await self._check_block(block_start, block)
+                            piece = block[pos - block_start : max(0, min(limit, block_start + block_len) - block_start)]
+                            block_start += block_len
+                            if piece:
+                                pos += len(piece)
+                                failures = 0
+                                yield piece
+                            if pos >= limit or self.verified or self._back_in_window(pos):
+                                return
             except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failures += 1
                 if failures > self.resume_attempts:
                     raise UpstreamUnavailable(f"upstream transfer of {entry.path} failed: {exc}") from exc
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _check_block(self, start: int, block: bytes) -> None:
+        """Raise unless `block` (the bytes at `start`) equals the fill's bytes there."""
+        blocks = self._blocks
+        if blocks is None:
+            raise StorageUnavailable("a follower fell behind a writer that keeps no block digests")
+        index = start // BLOCK
+        while len(blocks) <= index:
+            if self.error is not None:
+                raise self.error
+            await self._changed.wait()
+        if await asyncio.to_thread(lambda: hashlib.sha256(block).digest()) != blocks[index]:
+            log.warning("upstream bytes %d-%d of %s differ from the fill's; fetching them again", start,
+                        start + len(block), self.entry.path)  # fmt: skip
+            raise RetryableBodyError(f"bytes at {start} differ from the verified fill's")
 
 
 class Filler:

@@ -16,6 +16,7 @@ class Rule:
     method: str | None = None
     value: float = 0  # nbytes, offset, seconds, status code or bytes/s depending on kind
     headers: dict[str, str] = field(default_factory=dict)
+    skip: int = 0  # matching requests left alone before the rule applies
 
     def matches(self, origin: str, method: str, subject: str) -> bool:
         return (
@@ -71,9 +72,11 @@ class Faults:
         offset: int = 0,
         *,
         origin: str | None = None,
+        skip: int = 0,
     ) -> Rule:
-        """Flip the byte at absolute file `offset` whenever a served range covers it."""
-        return self._add(Rule("corrupt", path_contains, times, origin, "GET", offset))
+        """Flip the byte at absolute file `offset` whenever a served range covers it (after `skip`
+        matching responses left intact)."""
+        return self._add(Rule("corrupt", path_contains, times, origin, "GET", offset, skip=skip))
 
     def delay(
         self,
@@ -143,6 +146,9 @@ class Faults:
         with self._lock:
             for rule in list(self._rules):
                 if rule.kind in kinds and rule.matches(origin, method, subject):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     taken.append(rule)
                     if rule.times is not None:
                         rule.times -= 1
