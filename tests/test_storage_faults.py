@@ -205,3 +205,35 @@ def test_a_real_full_disk(hub: HubEmulator, tmp_path: Path) -> None:
             assert fetch(f"{server.url}/org/m/resolve/main/config.json") == ("ok", 200, SMALL)
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("fault", ["fail", "hang"])
+def test_a_failing_lease_store_never_holds_a_fill_up(
+    hub: HubEmulator, tmp_path: Path, backend: dict[str, Any], fault: str
+) -> None:
+    """Replicas coordinate fills with lease objects; leases only save upstream traffic, so a lease
+    store that errors or hangs means filling here without one, within a bounded wait."""
+    hub.add_repo("model", "org/m", {"w.safetensors": BIG, "config.json": SMALL})
+    overrides = {
+        "upstream": {"url": hub.url},
+        "cache": {"dir": str(tmp_path / "cache"), "storage_timeout": 2},
+        "storage": backend,
+        "server": {"advertise_url": "http://127.0.0.1:9"},  # a replica set of one: leases are taken
+    }
+    config = load_config(None, overrides, environ={})
+    store = FaultyStorage(build_storage(config))
+    server = MirrorThread(config, storage=store).start()
+    try:
+        getattr(store.faults, fault)("create_exclusive", "put_bytes", "get_bytes", key_contains="leases/")
+        started = time.monotonic()
+        outcome, status, body = fetch(f"{server.url}/org/m/resolve/main/w.safetensors", timeout=60)
+        assert (outcome, status, body == BIG) == ("ok", 200, True)
+        assert time.monotonic() - started < 15, "a hanging lease store held the request up"
+        assert store.faults.injected >= 1
+        wait_no_fill(server)
+        store.faults.clear()
+        server.settle()
+        assert published(server, BIG)
+    finally:
+        store.faults.clear()
+        server.stop()

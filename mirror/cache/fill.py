@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from mirror.cache.entries import FileEntry
-from mirror.cache.leases import FillLeases, Lease
+from mirror.cache.leases import FillLeases, Lease, LeaseUnavailable
 from mirror.cache.poison import PoisonLedger
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
@@ -491,11 +491,18 @@ class Filler:
         key = entry.blob_key
         if self.leases is None or key in self._fills:
             return self.join(entry, token)
-        holder = await self.leases.claim(key)
-        if holder is not None:
-            if may_proxy:
-                return holder
-            await self.leases.take(key)  # filling here anyway: the others should come here
+        try:
+            holder = await self.leases.claim(key)
+            if holder is not None:
+                if may_proxy:
+                    return holder
+                await self.leases.take(key)  # filling here anyway: the others should come here
+        except LeaseUnavailable as exc:
+            # Leases only save upstream traffic: without the store's answer, fill here unleased.
+            log.warning("filling %s without a lease: %s", key, exc.message)
+            return self.join(entry, token)
+        if key in self._fills:
+            return self.join(entry, token)  # a fill started here while the lease was claimed
         self._leased.add(key)
         return self.join(entry, token)
 

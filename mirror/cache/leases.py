@@ -9,16 +9,21 @@ replicas cause one upstream fetch.
 Leases only save upstream traffic; correctness never depends on them. Blobs are content-addressed
 and published whole, so two replicas that both fill a blob (a lease that expired under a slow
 renewal, a store that ignores conditional writes) store the same bytes twice and nothing worse.
-Expiry uses wall-clock time: replicas' clocks must agree to well within the TTL.
+Expiry uses wall-clock time: replicas' clocks must agree to well within the TTL. For the same
+reason a lease store that fails or hangs never holds a request up: each lease operation is
+bounded, and a claim that cannot be made (LeaseUnavailable) means filling here without one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mirror.errors import StorageError
 from mirror.storage import Storage
@@ -26,6 +31,22 @@ from mirror.storage import Storage
 log = logging.getLogger(__name__)
 
 PREFIX = "leases/fills/"
+# Seconds one lease read or write may take: they are small objects on the request path.
+OP_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+class LeaseUnavailable(StorageError):
+    """The lease store failed or did not answer in time: fill without a lease."""
+
+
+async def _bounded(operation: Awaitable[T], what: str) -> T:
+    try:
+        return await asyncio.wait_for(operation, OP_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise LeaseUnavailable(f"fill lease store did not {what} within {OP_TIMEOUT:.0f} s") from None
+    except StorageError as exc:
+        raise LeaseUnavailable(f"fill lease store cannot {what}: {exc.message}") from exc
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,7 @@ class FillLeases:
         return json.dumps({"owner": self.owner, "url": self.url, "expires": time.time() + self.ttl}).encode()
 
     async def read(self, blob_key: str) -> Lease | None:
-        data = await self.storage.get_bytes(lease_key(blob_key))
+        data = await _bounded(self.storage.get_bytes(lease_key(blob_key)), "read a lease")
         if data is None:
             return None
         try:
@@ -60,8 +81,11 @@ class FillLeases:
             return None  # damaged: as good as none, and the next claim replaces it
 
     async def claim(self, blob_key: str) -> Lease | None:
-        """Take the lease to fill this blob, or return the live lease another replica holds."""
-        if await self.storage.create_exclusive(lease_key(blob_key), self._record()):
+        """Take the lease to fill this blob, or return the live lease another replica holds.
+
+        Raises LeaseUnavailable when the lease store cannot say: the caller fills without a lease.
+        """
+        if await _bounded(self.storage.create_exclusive(lease_key(blob_key), self._record()), "create a lease"):
             return None
         current = await self.read(blob_key)
         if current is not None and current.owner != self.owner and current.expires > time.time():
@@ -71,7 +95,7 @@ class FillLeases:
 
     async def take(self, blob_key: str) -> None:
         """Hold the lease whoever held it (its holder is gone or cannot be reached)."""
-        await self.storage.put_bytes(lease_key(blob_key), self._record())
+        await _bounded(self.storage.put_bytes(lease_key(blob_key), self._record()), "write a lease")
 
     async def renew(self, blob_key: str) -> bool:
         """Extend our lease; False (and nothing written) once another replica has taken it over."""
@@ -88,7 +112,7 @@ class FillLeases:
         try:
             current = await self.read(blob_key)
             if current is not None and current.owner == self.owner:
-                await self.storage.delete(lease_key(blob_key))
+                await _bounded(self.storage.delete(lease_key(blob_key)), "delete a lease")
         except StorageError as exc:
             # It expires on its own; until then other replicas find the blob published first.
             log.warning("cannot release the fill lease of %s: %s", blob_key, exc.message)
