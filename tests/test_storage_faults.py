@@ -237,3 +237,34 @@ def test_a_failing_lease_store_never_holds_a_fill_up(
     finally:
         store.faults.clear()
         server.stop()
+
+
+def test_failing_metadata_writes_never_fail_answers_the_cache_has(
+    hub: HubEmulator, tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    """After the branch's TTL, its refreshed commit cannot be written: cached files are still served."""
+    hub.add_repo("model", "org/m", {"w.safetensors": BIG, "config.json": SMALL})
+    overrides = {
+        "upstream": {"url": hub.url},
+        "cache": {"dir": str(tmp_path / "cache"), "revision_ttl": 0.2, "refs_ttl": 0.2},
+        "storage": backend,
+    }
+    config = load_config(None, overrides, environ={})
+    store = FaultyStorage(build_storage(config))
+    server = MirrorThread(config, storage=store).start()
+    try:
+        for name, data in (("w.safetensors", BIG), ("config.json", SMALL)):
+            assert fetch(f"{server.url}/org/m/resolve/main/{name}") == ("ok", 200, data)
+        server.settle()
+        store.faults.fail("put_bytes", "create_exclusive", message="disk full", key_contains="repos/")
+        for _ in range(3):
+            time.sleep(0.3)  # past the TTLs: every answer by branch needs a refresh, and its write fails
+            assert fetch(f"{server.url}/org/m/resolve/main/w.safetensors") == ("ok", 200, BIG)
+            assert fetch(f"{server.url}/org/m/resolve/main/config.json", "HEAD")[:2] == ("ok", 200)
+            outcome, status, body = fetch(f"{server.url}/api/models/org/m/revision/main")
+            assert (outcome, status) == ("ok", 200) and b'"org/m"' in body
+            assert fetch(f"{server.url}/api/models/org/m/refs")[:2] == ("ok", 200)
+        assert store.faults.injected >= 3
+    finally:
+        store.faults.clear()
+        server.stop()
