@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Set up a virtualenv with the project and its test tools, the Debian download tools the
-# conformance tests drive (curl, aria2c), an older huggingface_hub for the old-client tests,
+# conformance tests drive (curl, wget, aria2c), an older huggingface_hub for the old-client tests,
 # then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null; then
+if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null || ! command -v wget >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl aria2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl wget aria2 >/dev/null
 fi
 
 PY=${PYTHON:-python3}
