@@ -15,7 +15,7 @@ from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
 from mirror.lifecycle import Drain
 from mirror.metrics import Metrics
-from mirror.ops import add_ops_routes, measure_storage
+from mirror.ops import add_ops_routes, measure_storage, probe_upstream
 from mirror.services import SERVICES, Services
 from mirror.storage import LocalStorage, Storage
 from mirror.storage.s3 import S3Storage
@@ -58,6 +58,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()), peer_session)
     app[SERVICES] = services
     measurer = asyncio.create_task(measure_storage(services), name="measure-storage")
+    prober = None
+    if config.upstream.probe_interval > 0:
+        prober = asyncio.create_task(probe_upstream(services, config.upstream.probe_interval), name="probe-upstream")
     sync = SyncManager(services, services.allowlist, services.pins)
     scheduler = Scheduler(sync, services.allowlist, services.records, config.sync, services.metrics)
     app[SYNC], app[SCHEDULER] = sync, scheduler
@@ -67,8 +70,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        measurer.cancel()
-        await asyncio.gather(measurer, return_exceptions=True)
+        for task in (measurer, prober):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (measurer, prober) if t is not None), return_exceptions=True)
         await scheduler.close()
         await sync.close()
         # Verified blobs being published may finish within the shutdown grace; the rest is cut.

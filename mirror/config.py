@@ -57,6 +57,9 @@ class UpstreamConfig:
     breaker_failures: int = 5
     # Seconds the breaker stays open; then one trial request decides whether it closes.
     breaker_cooldown: float = 15.0
+    # Seconds between background probes of the upstream while no client traffic has said whether
+    # it answers, so hub_mirror_upstream_up is true on an idle mirror; 0 turns the probe off.
+    probe_interval: float = 30.0
 
 
 @dataclass
@@ -193,6 +196,8 @@ class Config:
             raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
         if self.upstream.breaker_failures < 0:
             raise ConfigError("upstream.breaker_failures must be >= 0 (0 = never open)")
+        if self.upstream.probe_interval < 0:
+            raise ConfigError("upstream.probe_interval must be >= 0 (0 = no background probe)")
         if self.upstream.breaker_cooldown <= 0:
             raise ConfigError("upstream.breaker_cooldown must be > 0")
         if self.storage.backend not in ("local", "s3"):

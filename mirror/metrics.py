@@ -113,6 +113,16 @@ class Metrics:
             buckets=FILL_BUCKETS,
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "hub_mirror_client_disconnects_total",
+            "File downloads the client closed before the end (normal for segmented and cancelled downloads)",
+            registry=r,
+        )
+        self.catch_up_bytes = Counter(
+            "hub_mirror_fill_catch_up_bytes_total",
+            "Bytes fetched from upstream a second time for followers too far behind an S3 fill",
+            registry=r,
+        )
         self.fill_resumes = Counter(
             "hub_mirror_fill_resumes_total", "Upstream transfers resumed with Range after a drop", registry=r
         )

@@ -52,12 +52,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-async def upstream_reachable(services: Services) -> bool:
-    """A cheap probe of the upstream origin, remembered for a few seconds."""
+async def upstream_reachable(services: Services, cached: bool = True) -> bool:
+    """A cheap probe of the upstream origin, remembered for a few seconds (unless `cached` is False)."""
     now = time.monotonic()
-    cached = services.upstream_probe
-    if cached is not None and now - cached[1] < UPSTREAM_PROBE_TTL:
-        return cached[0]
+    last = services.upstream_probe
+    if cached and last is not None and now - last[1] < UPSTREAM_PROBE_TTL:
+        return last[0]
     try:
         async with services.upstream.session.get(
             services.upstream.url("/api/agent-harnesses"),
@@ -88,6 +88,23 @@ async def measure_storage(services: Services) -> None:
         except (StorageError, OSError) as exc:
             log.warning("cannot measure storage usage: %s", exc)
         await asyncio.sleep(STORAGE_SCAN_INTERVAL)
+
+
+async def probe_upstream(services: Services, interval: float) -> None:
+    """Keep hub_mirror_upstream_up true on a quiet mirror: probe when traffic has said nothing.
+
+    Client traffic feeds the breaker (and so the gauge) already; a probe is sent only when no
+    upstream outcome was seen for `interval` seconds, so a busy mirror sends none.
+    """
+    while True:
+        last = services.upstream.last_outcome_at
+        if last is None or time.monotonic() - last >= interval:
+            try:
+                await upstream_reachable(services, cached=False)
+            except Exception:  # a probe must never end the loop
+                log.exception("upstream probe failed")
+        last = services.upstream.last_outcome_at or time.monotonic()
+        await asyncio.sleep(max(1.0, last + interval - time.monotonic()))
 
 
 def add_ops_routes(app: web.Application) -> None:

@@ -188,12 +188,14 @@ class Upstream:
         self.session = session
         self.user_agent = f"hub-mirror/{__version__}"
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
+        self.last_outcome_at: float | None = None  # when traffic or a probe last said anything
         self._failure_log = LogLimit(log)
         if metrics is not None:
             metrics.upstream_up.set(1)  # nothing has failed yet: traffic will say otherwise
 
     def record_outcome(self, ok: bool) -> None:
         """Feed one upstream outcome to the breaker (also for probes made outside `request`)."""
+        self.last_outcome_at = time.monotonic()
         if ok:
             self.breaker.success()
         elif self.breaker.failure():

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -271,3 +272,69 @@ def test_dashboard_and_alerts_use_exported_metrics(hub: HubEmulator, mirror: Mir
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     used = {name for e in exprs for name in re.findall(r"hub_mirror_[a-z_]+", e)}
     assert used and used <= exported, used - exported
+
+
+def test_upstream_up_is_measured_without_anyone_calling_readyz(hub: HubEmulator, tmp_path: Path) -> None:
+    """An idle mirror probes upstream in the background; the gauge follows it, /readyz never called."""
+    hub.faults.down()
+    mirror = start_mirror(
+        hub.url, tmp_path / "cache", upstream={"probe_interval": 0.3, "breaker_failures": 2, "breaker_cooldown": 0.5}
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while value(scrape(mirror.url), "hub_mirror_upstream_up") != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert value(scrape(mirror.url), "hub_mirror_upstream_up") == 0, "a dead upstream still reads as up"
+        hub.faults.up()
+        deadline = time.monotonic() + 15
+        while value(scrape(mirror.url), "hub_mirror_upstream_up") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert value(scrape(mirror.url), "hub_mirror_upstream_up") == 1
+        assert not any(path.startswith("/readyz") for _, path in mirror.requests)
+    finally:
+        mirror.stop()
+
+
+def test_clients_closing_connections_are_counted_not_warned(
+    hub: HubEmulator, mirror: MirrorThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aria2c -x4 closes its extra connections mid-body: normal, so no WARNING, but a counter."""
+    data = os.urandom(4 * 1024 * 1024)
+    hub.add_repo("model", "org/m", {"w.safetensors": data})
+    hub.faults.throttle(1024 * 1024)  # the fill runs about 4 s: every client below streams from it
+    caplog.set_level(logging.DEBUG, logger="mirror")
+    disconnects = 0
+    for _ in range(3):
+        # A client reading part of a body and hanging up, as segmented downloaders and ^C do.
+        conn = http.client.HTTPConnection("127.0.0.1", int(mirror.url.rsplit(":", 1)[1]), timeout=10)
+        conn.request("GET", "/org/m/resolve/main/w.safetensors")
+        resp = conn.getresponse()
+        resp.read(100_000)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        disconnects += 1
+    deadline = time.monotonic() + 10
+    while (
+        value(scrape(mirror.url), "hub_mirror_client_disconnects_total") < disconnects and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert value(scrape(mirror.url), "hub_mirror_client_disconnects_total") >= disconnects
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("mirror")]
+    assert warnings == [], [r.getMessage() for r in warnings]
+
+
+def test_access_log_shows_the_size_of_every_answer(
+    hub: HubEmulator, mirror: MirrorThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.add_repo("model", "org/m", {"config.json": b"{}"})
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    sizes = {}
+    for path in ("/api/models/org/m", "/metrics", "/api/models/org/m/revision/nope"):
+        try:
+            with urllib.request.urlopen(mirror.url + path, timeout=30) as resp:
+                sizes[path] = len(resp.read())
+        except urllib.error.HTTPError as exc:
+            sizes[path] = len(exc.read())
+    logged = {r.http["path"]: r.http["bytes"] for r in caplog.records if r.name == "mirror.access"}
+    for path, size in sizes.items():
+        assert size > 0 and logged[path.split("?")[0]] == size, (path, logged)

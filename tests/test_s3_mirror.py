@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from mirror.cache import fill as fill_module
 from mirror.cache import keys
 from mirror.config import ConfigError, load_config
 from mirror.storage.s3 import MIN_PART_SIZE
@@ -497,6 +498,13 @@ def test_s3_settings_from_environment() -> None:
     assert storage.s3_part_size == 16 * MIB
 
 
+@pytest.fixture
+def never_wait_for_the_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Late followers take the upstream catch-up path, whatever the fill's expected end."""
+    monkeypatch.setattr(fill_module, "FOLLOWER_WAIT", -1.0)
+
+
+@pytest.mark.usefixtures("never_wait_for_the_publish")
 def test_late_follower_of_an_s3_fill_gets_every_byte(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
     big = os.urandom(4 * MIN_PART_SIZE)
     hub.add_repo("model", "org/late", {"w.safetensors": big})
@@ -514,6 +522,7 @@ def test_late_follower_of_an_s3_fill_gets_every_byte(hub: HubEmulator, s3: S3Ser
         mirror.stop()
 
 
+@pytest.mark.usefixtures("never_wait_for_the_publish")
 def test_late_follower_never_gets_bytes_the_fill_did_not_verify(
     hub: HubEmulator, s3: S3Server, tmp_path: Path
 ) -> None:
@@ -537,5 +546,37 @@ def test_late_follower_never_gets_bytes_the_fill_did_not_verify(
         assert head + rest == big
         assert status == 200 and hashlib.sha256(body).hexdigest() == sha256_hex(big)
         assert hub.count(method="GET", origin="cdn", path_contains="w.safetensors") >= 3, "the bad block was refetched"
+        assert metric(mirror.url, "hub_mirror_fill_catch_up_bytes_total") > 0
     finally:
         mirror.stop()
+
+
+def test_a_replica_asking_mid_fill_costs_no_second_upstream_fetch(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path
+) -> None:
+    """The second replica's request lands in the middle of the first one's fill (the attack report
+    measured 1.6-1.9 times the file from upstream): it streams from the holder, far behind the
+    holder's in-memory window, and the holder must not fetch the file again for it."""
+    size = 8 * MIN_PART_SIZE + 12345  # 40 MiB: many parts, so a late follower is far behind the window
+    big = os.urandom(size)
+    hub.add_repo("model", "org/stagger", {"w.safetensors": big})
+    hub.faults.throttle(16 * MIB)  # about 2.5 s for the fill
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    first, second = (replica(hub, s3, tmp_path, prefix) for _ in range(2))
+    try:
+        url = "/org/stagger/resolve/main/w.safetensors"
+        results: dict[str, tuple[int, bytes]] = {}
+        early = threading.Thread(target=lambda: results.__setitem__("first", fetch(first.url + url)[:2]))
+        early.start()
+        deadline = time.monotonic() + 20
+        while metric(first.url, "hub_mirror_upstream_bytes_total") < size / 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results["second"] = fetch(second.url + url)[:2]
+        early.join(60)
+        assert results["first"] == (200, big) and results["second"] == (200, big)
+        fetched = sum(metric(m.url, "hub_mirror_upstream_bytes_total") for m in (first, second))
+        assert fetched <= 1.05 * size, f"upstream sent {fetched / size:.2f} times the file"
+        assert cdn_gets(hub) == 1
+    finally:
+        first.stop()
+        second.stop()

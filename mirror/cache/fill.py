@@ -43,6 +43,9 @@ class Throttle(Protocol):
 RECENT_CHUNKS = 4
 # Granularity at which bytes fetched for a follower outside the fill are checked against the fill's.
 BLOCK = 1024 * 1024
+# A follower behind an S3 writer's window waits for the publish when the fill should end within
+# this many seconds (well under huggingface_hub's 10 s read timeout), rather than fetching upstream.
+FOLLOWER_WAIT = 4.0
 PIPELINE_CHUNKS = 4
 # Upstream bytes are processed in batches of up to chunk_size, or whatever arrived within this
 # many seconds, so slow upstreams still reach clients promptly.
@@ -159,6 +162,7 @@ class Fill:
         # a follower that falls behind is then served from its own upstream request (_catch_up),
         # whose bytes the blob's hash does not cover; each of its blocks must match the fill's.
         self._blocks: list[bytes] | None = None
+        self._started = time.monotonic()
         self._block_hasher = hashlib.sha256()
         self._block_len = 0
         self._hashed = 0
@@ -372,8 +376,12 @@ class Fill:
                 try:
                     data = await self.writer.read_written(pos, min(self.chunk_size, limit - pos))
                 except WindowPassed:
-                    # The store cannot read these bytes back before publishing (S3), and waiting for
-                    # the commit could outlast the client's read timeout: fetch them ourselves.
+                    # The store cannot read these bytes back before publishing (S3). If the fill
+                    # ends soon, wait for it and read them from storage: no upstream byte twice
+                    # (a replica asking mid-fill lands here). Otherwise waiting could outlast the
+                    # client's read timeout: fetch them ourselves.
+                    if await self._published_soon():
+                        continue
                     caught_up = pos
                     async for data in self._catch_up(pos, end):
                         pos += len(data)
@@ -394,6 +402,26 @@ class Fill:
                 yield data
             else:
                 await self._changed.wait()
+
+    def _expected_wait(self) -> float:
+        """Seconds until every byte is in, at the fill's rate so far (infinite while unknown)."""
+        elapsed = time.monotonic() - self._started
+        if self.written <= 0 or elapsed <= 0:
+            return float("inf")
+        return (self.entry.size - self.written) / (self.written / elapsed)
+
+    async def _published_soon(self) -> bool:
+        """Wait for the fill to be verified and published if that takes under FOLLOWER_WAIT (a hard
+        cap of twice that); True if it was, False to serve the follower some other way."""
+        if self._expected_wait() > FOLLOWER_WAIT:
+            return False
+        deadline = time.monotonic() + 2 * FOLLOWER_WAIT
+        while not self.verified and self.error is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await self.wait_progress(left)
+        return True
 
     def _back_in_window(self, pos: int) -> bool:
         window_start = getattr(self.writer, "window_start", None)
@@ -429,6 +457,8 @@ class Fill:
                             if piece:
                                 pos += len(piece)
                                 failures = 0
+                                if self.metrics is not None:
+                                    self.metrics.catch_up_bytes.inc(len(piece))
                                 yield piece
                             if pos >= limit or self.verified or self._back_in_window(pos):
                                 return

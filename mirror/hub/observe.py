@@ -31,6 +31,9 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
     try:
         response = await handler(request)
         status = response.status
+        if not stats.bytes_sent and request.method != "HEAD" and isinstance(response, web.Response):
+            # A whole-body answer (API JSON, /metrics, errors): its size is known before it is sent.
+            stats.bytes_sent = response.content_length or 0
         return response
     except web.HTTPException as exc:
         status = exc.status

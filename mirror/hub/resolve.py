@@ -157,11 +157,16 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
             if sent != end - start:
                 raise ConnectionResetError(f"body ended after {sent} of {end - start} bytes")
         except Exception as exc:
-            # The only honest signal left is to cut the connection: the client sees a short body
-            # (and retries) rather than a complete wrong one.
-            log.warning("aborting %s after a failure mid-body: %s", request.path, exc)
             if stats is not None:
                 stats.cut = True
+            if _client_went_away(request, exc):
+                # Normal: aria2c closes its extra connections, ranges get cancelled, users press ^C.
+                log.debug("client left %s after %d bytes: %s", request.path, sent, exc)
+                request.app[SERVICES].metrics.client_disconnects.inc()
+            else:
+                # The only honest signal left is to cut the connection: the client sees a short
+                # body (and retries) rather than a complete wrong one.
+                log.warning("cutting %s after %d bytes: %s", request.rel_url.raw_path, sent, exc)
             cut(request)
             return
         if handle is not None:
@@ -172,6 +177,12 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
     finally:
         if handle is not None:
             handle.close()
+
+
+def _client_went_away(request: web.Request, exc: Exception) -> bool:
+    """The body stopped because the client closed its connection, not because of the mirror."""
+    transport = request.transport
+    return isinstance(exc, ConnectionError) or transport is None or transport.is_closing()
 
 
 def cut(request: web.Request) -> None:
