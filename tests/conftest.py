@@ -47,9 +47,8 @@ def shared_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         server.close()
 
 
-@pytest.fixture
-def s3_settings(shared_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """`storage` settings of an S3 cache under a prefix of its own, with credentials in the environment."""
+def use_test_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mirror takes credentials from the standard AWS chain: here, the environment only."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -57,6 +56,12 @@ def s3_settings(shared_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[st
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3_settings(shared_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """`storage` settings of an S3 cache under a prefix of its own, with credentials in the environment."""
+    use_test_s3_credentials(monkeypatch)
     return {
         "backend": "s3",
         "s3_endpoint": shared_s3.endpoint,

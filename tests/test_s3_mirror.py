@@ -28,10 +28,10 @@ from mirror.cache import keys
 from mirror.config import ConfigError, load_config
 from mirror.storage.s3 import MIN_PART_SIZE
 from tests.client import run_client
-from tests.conftest import start_mirror
+from tests.conftest import start_mirror, use_test_s3_credentials
 from tests.hubemu import HubEmulator, sha256_hex
 from tests.mirror_server import MirrorProcess, MirrorThread, free_port
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.s3server import S3Server
 
 BUCKET = "hub-mirror"
 MIB = 1024 * 1024
@@ -53,14 +53,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(autouse=True)
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mirror takes credentials from the standard AWS chain: here, the environment only."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    use_test_s3_credentials(monkeypatch)
 
 
 def s3_settings(server: S3Server, prefix: str, **settings: Any) -> dict[str, Any]:
