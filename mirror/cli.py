@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from mirror import __version__
 from mirror.admin.cli import add_admin_parsers, run_admin
 from mirror.app import create_app
-from mirror.config import ConfigError, load_config
+from mirror.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
 from mirror.logs import setup_logging
 from mirror.runtime import tune_allocator
 from mirror.smoke.cli import add_smoke_parser, run_smoke
@@ -33,14 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--s3-bucket", help="S3 bucket holding the cache")
     serve.add_argument("--s3-prefix", help="key prefix inside the bucket (default none)")
     serve.add_argument("--s3-region", help="S3 region (default us-east-1)")
-    serve.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="log line format: text (default) or json (one object per line)"
+    )
     serve.add_argument(
         "--enforce-allowlist",
         action="store_const",
         const=True,
         help="serve only repos on the allow-list (default: pull-through for any repo)",
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    # Checked by config validation, not argparse choices: the same rule and message then cover the
+    # flag, HUB_MIRROR_LOG_LEVEL and the YAML file, in any case.
+    serve.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (default INFO)")
     add_smoke_parser(sub)
     add_admin_parsers(sub)
     return parser
@@ -68,6 +74,12 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log.level, config.log.format, secrets=(config.admin.token, config.upstream.token))
     tune_allocator()
+    if config.storage.backend == "local":
+        problem = _cache_dir_problem(config.cache_dir)
+        if problem is not None:
+            where = config.cache_dir.resolve()
+            print(f"hub-mirror: cannot use the cache directory {where}: {problem}", file=sys.stderr)
+            return 1
     storage = (
         f"s3://{config.storage.s3_bucket}/{config.storage.s3_prefix} at {config.storage.s3_endpoint or 'AWS'}"
         if config.storage.backend == "s3"
@@ -93,9 +105,30 @@ def serve(args: argparse.Namespace) -> int:
             access_log=None,
         )
     except OSError as exc:
-        print(f"hub-mirror: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
+        # Storage starts inside run_app too (the app's cleanup context), before the sockets; its
+        # errors name a file, socket errors do not.
+        if exc.filename is not None:
+            print(f"hub-mirror: cannot start storage ({storage}): {exc}", file=sys.stderr)
+        else:
+            print(f"hub-mirror: cannot listen on {config.server.host}:{config.server.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cache_dir_problem(path: Path) -> str | None:
+    """Why the local cache directory cannot be used (the OS error), or None.
+
+    Checked before start, so the message names the directory: storage starting inside run_app
+    fails with an OSError that would otherwise read like a listen error.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Only writing tells: permission bits, ACLs and read-only mounts all answer differently.
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 
 ENV_PREFIX = "HUB_MIRROR_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -127,7 +129,9 @@ class HubConfig:
 
 @dataclass
 class LogConfig:
+    # One of LOG_LEVELS, in any case.
     level: str = "INFO"
+    # "text": human lines; "json": one JSON object per line, for log shippers.
     format: str = "text"
 
 
@@ -211,8 +215,12 @@ class Config:
         if self.admin.token and not re.fullmatch(r"[\x21-\x7e]+", self.admin.token):
             # Clients send it as a bearer token, which the mirror accepts only as printable ASCII.
             raise ConfigError("admin.token must be printable ASCII without spaces")
-        if self.log.format not in ("text", "json"):
+        if self.log.format not in LOG_FORMATS:
             raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
+        if self.log.level.upper() not in LOG_LEVELS:
+            # Caught here: logging would otherwise fall back to INFO without a word.
+            raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}, got {self.log.level!r}")
+        self.log.level = self.log.level.upper()
         self.upstream.url = self.upstream.url.rstrip("/")
         self.server.public_url = self.server.public_url.rstrip("/")
         self.server.advertise_url = self.server.advertise_url.rstrip("/")

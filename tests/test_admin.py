@@ -313,7 +313,7 @@ def test_admin_cli(hub: HubEmulator, admin_mirror: MirrorThread) -> None:
     bad = cli("sync", "org/unknown")
     assert bad.returncode == 1 and "not on the allow-list" in bad.stderr
     no_token = cli("allow", "list", token=False)
-    assert no_token.returncode == 1 and "HUB_MIRROR_ADMIN_TOKEN" in no_token.stderr
+    assert no_token.returncode == 4 and "HUB_MIRROR_ADMIN_TOKEN" in no_token.stderr
     unreachable = subprocess.run(
         [sys.executable, "-m", "mirror", "status", "--url", "http://127.0.0.1:9"],
         env=env,
@@ -322,7 +322,7 @@ def test_admin_cli(hub: HubEmulator, admin_mirror: MirrorThread) -> None:
         timeout=60,
         check=False,
     )
-    assert unreachable.returncode == 1 and "cannot reach the mirror" in unreachable.stderr
+    assert unreachable.returncode == 3 and "cannot reach the mirror" in unreachable.stderr
 
 
 def test_sync_bandwidth_cap(hub: HubEmulator, tmp_path: Path) -> None:

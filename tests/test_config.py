@@ -222,3 +222,30 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_out_of_range_values(overrides: dict[str, dict[str, Any]], pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, overrides, environ={})
+
+
+# --- log level ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["LOUD", "verbose", "", "20"])
+def test_unknown_log_level_from_flags(level: str) -> None:
+    # Logging set-up would quietly fall back to INFO: the operator must hear about the typo.
+    with pytest.raises(
+        ConfigError, match=rf"log\.level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got '{level}'"
+    ):
+        load_config(None, {"log": {"level": level}}, environ={})
+
+
+def test_unknown_log_level_from_environment() -> None:
+    with pytest.raises(ConfigError, match=r"log\.level must be one of .*got 'LOUD'"):
+        load_config(None, environ={"HUB_MIRROR_LOG_LEVEL": "LOUD"})
+
+
+def test_unknown_log_level_from_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"log\.level must be one of .*got 'LOUD'"):
+        load_config(write_yaml(tmp_path, "log:\n  level: LOUD\n"), environ={})
+
+
+@pytest.mark.parametrize(("given", "expected"), [("debug", "DEBUG"), ("Warning", "WARNING"), ("ERROR", "ERROR")])
+def test_log_level_is_case_insensitive(given: str, expected: str) -> None:
+    assert load_config(None, environ={"HUB_MIRROR_LOG_LEVEL": given}).log.level == expected

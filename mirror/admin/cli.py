@@ -8,18 +8,29 @@ import sys
 import time
 from typing import Any
 
-from mirror.admin.client import AdminClient, AdminClientError
+from mirror.admin.client import AdminClient, AdminClientError, ExitCode
 
 DEFAULT_URL = "http://127.0.0.1:8090"
 BAR_WIDTH = 30
+STATUS_JOBS = 10
+STATUS_ERRORS_PER_JOB = 3
 
 
 def add_admin_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default=os.environ.get("HUB_MIRROR_URL", DEFAULT_URL), help="mirror URL")
-        parser.add_argument("--token", help="admin token (default: $HUB_MIRROR_ADMIN_TOKEN)")
+        # SUPPRESS: no default here, so `allow --url X list` and `allow list --url X` both work (a
+        # subparser's default would overwrite the value given before it); mirror_url() decides.
+        parser.add_argument(
+            "--url", default=argparse.SUPPRESS, help=f"mirror URL (default: $HUB_MIRROR_URL, else {DEFAULT_URL})"
+        )
+        parser.add_argument(
+            "--token",
+            default=argparse.SUPPRESS,
+            help="admin token (default: $HUB_MIRROR_ADMIN_TOKEN, which keeps it out of the process list)",
+        )
 
     allow = sub.add_parser("allow", help="manage the allow-list of a running mirror")
+    common(allow)
     allow_sub = allow.add_subparsers(dest="allow_command", required=True)
     common(allow_sub.add_parser("list", help="show the allow-list"))
     add = allow_sub.add_parser("add", help="add an entry")
@@ -94,55 +105,100 @@ def _follow(client: AdminClient, job_id: str, out: Any) -> dict[str, Any]:
         time.sleep(0.5)
 
 
+def mirror_url(args: argparse.Namespace) -> str:
+    """--url, else $HUB_MIRROR_URL, else DEFAULT_URL; an empty value counts as unset."""
+    return getattr(args, "url", None) or os.environ.get("HUB_MIRROR_URL") or DEFAULT_URL
+
+
+def admin_token(args: argparse.Namespace) -> str | None:
+    """--token, else $HUB_MIRROR_ADMIN_TOKEN (the variable the mirror itself reads); empty counts as unset."""
+    return getattr(args, "token", None) or os.environ.get("HUB_MIRROR_ADMIN_TOKEN") or None
+
+
 def run_admin(args: argparse.Namespace) -> int:
-    client = AdminClient(args.url, args.token or os.environ.get("HUB_MIRROR_ADMIN_TOKEN"))
+    """Run one admin subcommand; every failure is one `hub-mirror: ...` line and an ExitCode."""
+    url = mirror_url(args)
     try:
+        client = AdminClient(url, admin_token(args))
         if args.command == "allow":
-            if args.allow_command == "list":
-                _print_entries(client.call("GET", "/admin/allowlist"))
-            elif args.allow_command == "add":
-                body = {
-                    "repo_type": args.repo_type,
-                    "pattern": args.pattern,
-                    "revisions": args.revisions or ["main"],
-                    "sync_interval": args.sync_interval,
-                    "include": args.include,
-                    "exclude": args.exclude,
-                }
-                entry = client.call("POST", "/admin/allowlist", body)
-                print(f"added {entry['id']}: {entry['repo_type']} {entry['pattern']}")
-            else:
-                client.call("DELETE", f"/admin/allowlist/{args.id}")
-                print(f"removed {args.id}")
-            return 0
+            return _allow(client, args)
         if args.command == "sync":
-            body = {k: v for k, v in (("repo_type", args.repo_type), ("repo", args.repo)) if v is not None}
-            job = client.call("POST", "/admin/sync", body)
-            print(f"sync job {job['id']} queued")
-            if args.no_wait:
-                return 0
-            job = _follow(client, job["id"], sys.stdout)
-            for error in job["errors"]:
-                print(f"error: {error}", file=sys.stderr)
-            return 0 if job["state"] == "succeeded" else 1
+            return _sync(client, args)
         if args.command == "status":
-            print("allow-list:")
-            _print_entries(client.call("GET", "/admin/allowlist"))
-            print("\nrecent sync jobs:")
-            for job in client.call("GET", "/admin/sync")[:10]:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"]))
-                print(
-                    f"{job['id']}  {when}  {job['state']:<9} {job['trigger']:<8} "
-                    f"{_human(job['bytes_done'])}/{_human(job['bytes_total'])}  errors={len(job['errors'])}"
-                )
-            print("\ncached repos:")
-            for repo in client.call("GET", "/admin/repos"):
-                revs = ", ".join(f"{r}={c[:10]}" for r, c in repo["revisions"].items())
-                print(
-                    f"{repo['repo_type']:<7} {repo['repo']:<40} {repo['files']} files {_human(repo['bytes'])}  {revs}"
-                )
-            return 0
+            return _status(client)
     except AdminClientError as exc:
         print(f"hub-mirror: {exc}", file=sys.stderr)
-        return 1
-    return 2
+        return exc.exit_code
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # JSON that is not the admin API's shape: --url points at some other service.
+        print(
+            f"hub-mirror: unexpected answer from {url} ({type(exc).__name__}: {exc}); is --url the mirror?",
+            file=sys.stderr,
+        )
+        return ExitCode.MIRROR_ERROR
+    return ExitCode.USAGE
+
+
+def _allow(client: AdminClient, args: argparse.Namespace) -> int:
+    if args.allow_command == "list":
+        _print_entries(client.call("GET", "/admin/allowlist"))
+    elif args.allow_command == "add":
+        body = {
+            "repo_type": args.repo_type,
+            "pattern": args.pattern,
+            "revisions": args.revisions or ["main"],
+            "sync_interval": args.sync_interval,
+            "include": args.include,
+            "exclude": args.exclude,
+        }
+        entry = client.call("POST", "/admin/allowlist", body)
+        print(f"added {entry['id']}: {entry['repo_type']} {entry['pattern']}")
+    else:
+        client.call("DELETE", f"/admin/allowlist/{args.id}")
+        print(f"removed {args.id}")
+    return ExitCode.OK
+
+
+def _sync(client: AdminClient, args: argparse.Namespace) -> int:
+    body = {k: v for k, v in (("repo_type", args.repo_type), ("repo", args.repo)) if v is not None}
+    job = client.call("POST", "/admin/sync", body)
+    print(f"sync job {job['id']} queued")
+    if args.no_wait:
+        return ExitCode.OK
+    try:
+        job = _follow(client, job["id"], sys.stdout)
+    except KeyboardInterrupt:
+        # Only the watching stops: the job runs on the mirror, not in this process.
+        print(f"\nhub-mirror: stopped following sync job {job['id']}; it goes on (hub-mirror status)", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    for error in job["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return ExitCode.OK if job["state"] == "succeeded" else ExitCode.SYNC_FAILED
+
+
+def _status(client: AdminClient) -> int:
+    # Everything is asked first: a failure then prints one error line, not half a report.
+    entries = client.call("GET", "/admin/allowlist")
+    jobs = client.call("GET", "/admin/sync")[:STATUS_JOBS]
+    repos = client.call("GET", "/admin/repos")
+    print("allow-list:")
+    _print_entries(entries)
+    print("\nrecent sync jobs:")
+    for job in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created_at"]))
+        errors = job["errors"]
+        print(
+            f"{job['id']}  {when}  {job['state']:<9} {job['trigger']:<8} "
+            f"{_human(job['bytes_done'])}/{_human(job['bytes_total'])}  errors={len(errors)}"
+        )
+        # A count alone leaves the operator to dig through the API; a failed job with many
+        # failed files would flood the screen, so the rest is only counted.
+        for error in errors[:STATUS_ERRORS_PER_JOB]:
+            print(f"    error: {error}")
+        if len(errors) > STATUS_ERRORS_PER_JOB:
+            print(f"    ... {len(errors) - STATUS_ERRORS_PER_JOB} more (GET /admin/sync/{job['id']})")
+    print("\ncached repos:")
+    for repo in repos:
+        revs = ", ".join(f"{r}={c[:10]}" for r, c in repo["revisions"].items())
+        print(f"{repo['repo_type']:<7} {repo['repo']:<40} {repo['files']} files {_human(repo['bytes'])}  {revs}")
+    return ExitCode.OK
