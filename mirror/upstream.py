@@ -18,10 +18,10 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -43,6 +43,7 @@ from mirror.repo import RepoRef
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
+FORM_TYPE = "application/x-www-form-urlencoded"
 _ERROR_CLASSES: dict[str, type[HubError]] = {
     "RepoNotFound": RepoNotFound,
     "RevisionNotFound": RevisionNotFound,
@@ -291,13 +292,29 @@ class Upstream:
         raise UpstreamUnavailable("upstream redirected too many times")
 
     async def api_json(
-        self, path: str, token: str | None, *, method: str = "GET", form: Any = None
+        self,
+        path: str,
+        token: str | None,
+        *,
+        method: str = "GET",
+        form: Sequence[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[Any, CIMultiDictProxy[str]]:
-        """Call an /api path (or an absolute upstream URL); return parsed JSON and headers."""
+        """Call an /api path (or an absolute upstream URL); return parsed JSON and headers.
+
+        `form` goes out as an `application/x-www-form-urlencoded` body: the Hub parses a body by
+        its Content-Type, and a bare string would be labelled `text/plain` and read as no form at
+        all (paths-info then answers `[]`). `headers` are sent as well (Accept, User-Agent).
+        """
         url = path if path.startswith(("http://", "https://")) else self.url(path)
         if origin_of(url) != self.origin:
             raise UpstreamError(f"refusing to follow a link off the upstream origin: {url}", status=502)
-        resp = await self.request(method, url, token, data=form)
+        extra = dict(headers or {})
+        body: bytes | None = None
+        if form is not None:
+            body = urlencode(list(form)).encode()
+            extra["Content-Type"] = FORM_TYPE
+        resp = await self.request(method, url, token, headers=extra or None, data=body)
         async with resp:
             try:
                 body = await resp.read()

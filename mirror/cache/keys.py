@@ -37,14 +37,31 @@ def ref_key(repo: RepoRef, revision: str) -> str:
     return f"repos/{repo.storage_prefix}/refs/{_digest(revision)}.json"
 
 
+# paths-info answers are stored under a versioned kind. Mirrors before v2 sent the form as
+# text/plain, which the Hub reads as no form at all: they may hold `[]` as a commit's answer for
+# paths that exist. A new name leaves those records unread for good, which is cheaper and safer than
+# a purge at start (nothing else reads them; a purge of the repo removes them with the rest).
+PATHS_INFO = "paths-info-v2"
+
+
 def api_key(repo: RepoRef, commit: str, kind: str, query: str) -> str:
     """An API answer that is fixed once the commit is (info, tree, paths-info, commits)."""
     return f"repos/{repo.storage_prefix}/api/{commit}/{kind}-{_digest(query)}.json"
 
 
 def latest_key(repo: RepoRef, kind: str, query: str) -> str:
-    """The last upstream answer of a mutable listing (refs), kept for when upstream is down."""
+    """The last upstream answer of a mutable listing (refs, llama.cpp manifests), kept for when upstream is down."""
     return f"repos/{repo.storage_prefix}/latest/{kind}-{_digest(query)}.json"
+
+
+def listing_key(api_type: str, who: str, query: str) -> str:
+    """The last upstream answer of a repo listing (`/api/models?author=...`) for one caller.
+
+    `who` is the token fingerprint: the Hub lists a token's private repos too, so answers are never
+    shared between tokens. Not under repos/: a listing names many repos.
+    """
+    digest = _digest(f"{who}\n{query}")
+    return f"listings/{api_type}/{digest}.json"
 
 
 def visibility_key(repo: RepoRef) -> str:

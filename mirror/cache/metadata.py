@@ -1,28 +1,40 @@
-"""Listings: tree, paths-info, refs and commits.
+"""Listings: tree, treesize, paths-info, refs, commits; repo listings and llama.cpp manifests.
 
 Listings at a commit are immutable and cached for good (a missing folder too, since transformers
-asks for `additional_chat_templates` on every load). Trees are fetched whole from upstream, across
-its pages, so the mirror can page them itself with links to its own origin. Refs change, so they
-are cached for a TTL and the last answer is kept for when upstream is slow or down (served after
-`stale_wait` while a refresh runs behind it).
+asks for `additional_chat_templates` on every load), but only when they are a real answer for that
+commit: a paths-info answer that leaves out paths the commit's tree lists is upstream's fault, and
+is never kept. Trees are fetched whole from upstream, across its pages, so the mirror can page them
+itself with links to its own origin. Refs, repo listings and llama.cpp manifests change, so they
+are cached for a TTL and the last answer is kept for when upstream is slow or down
+(`cache/latest.py`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from mirror.cache import keys
+from mirror.cache.latest import LatestAnswers
 from mirror.cache.records import Records
-from mirror.cache.revisions import STALE_WAIT, Revalidator, Revisions
+from mirror.cache.revisions import STALE_WAIT, Revisions
 from mirror.cache.singleflight import SingleFlight
-from mirror.errors import EntryNotFound, UpstreamUnavailable
+from mirror.errors import EntryNotFound, UpstreamError, UpstreamUnavailable
+from mirror.metrics import LogLimit
 from mirror.repo import RepoRef
 from mirror.tokens import fingerprint
 from mirror.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+# What llama.cpp sends for its manifest (common/download.cpp, `common_get_hf_file`). The Hub shapes
+# the answer by User-Agent: only to "llama-cpp" does it name the GGUF file (`ggufFile`), and that is
+# the one form whose follow-up downloads (resolve URLs) the mirror serves.
+LLAMACPP_HEADERS = {"Accept": "application/json", "User-Agent": "llama-cpp"}
 
 
 def next_link(link_header: str | None) -> str | None:
@@ -56,17 +68,15 @@ class Metadata:
         self.refs_ttl = refs_ttl
         self.clock = clock
         self._flight: SingleFlight[Any] = SingleFlight()
-        # (repo, query) -> (refs, trusted until); kept past that as the last known answer.
-        self._refs_fresh: dict[tuple[RepoRef, str], tuple[Any, float]] = {}
-        self._revalidator = Revalidator(stale_wait, clock)
+        self._latest = LatestAnswers(records, refs_ttl, clock, stale_wait)
+        self._fault_log = LogLimit(log)
 
     async def close(self) -> None:
         """Cancel refreshes still running (at shutdown, before the upstream session closes)."""
-        await self._revalidator.close()
+        await self._latest.close()
 
     def forget(self, repo: RepoRef) -> None:
-        for key in [k for k in self._refs_fresh if k[0] == repo]:
-            del self._refs_fresh[key]
+        self._latest.forget(f"repos/{repo.storage_prefix}/")
 
     async def _immutable(self, key: str, flight_key: tuple[Any, ...], fetch: Callable[[], Any]) -> Any:
         """A cached answer for a commit, or fetch-and-store once however many ask."""
@@ -113,6 +123,17 @@ class Metadata:
             raise EntryNotFound(record["missing"], commit=commit)
         return commit, record["value"]
 
+    async def _root_entries(self, repo: RepoRef, commit: str, expand: bool) -> list[dict[str, Any]] | None:
+        """Every entry of the commit from a cached recursive listing of the whole repo, if any.
+
+        The listing asked with the same `expand` is preferred; the other one names the same paths.
+        """
+        for flag in (expand, not expand):
+            root = await self.records.get(keys.api_key(repo, commit, "tree", f"\nTrue\n{flag}"))
+            if root is not None and "value" in root:
+                return list(root["value"])
+        return None
+
     async def _tree_from_root(
         self, repo: RepoRef, commit: str, path: str, recursive: bool, expand: bool
     ) -> dict[str, Any] | None:
@@ -131,56 +152,148 @@ class Metadata:
         ]
         return {"value": selected}
 
+    async def treesize(self, repo: RepoRef, revision: str, path: str, token: str | None) -> tuple[str, Any]:
+        """(commit, upstream's `{"size": bytes}` for the folder) at the commit a revision names."""
+        commit = await self.revisions.resolve(repo, revision, token)
+        key = keys.api_key(repo, commit, "treesize", path)
+
+        async def fetch() -> Any:
+            url = f"{repo.api_path}/treesize/{commit}" + (f"/{quote(path, safe='')}" if path else "")
+            data, _ = await self.upstream.api_json(url, token)
+            if not isinstance(data, dict) or not isinstance(data.get("size"), int):
+                raise UpstreamError(f"upstream treesize answer for {repo} has no size", status=502)
+            return data
+
+        try:
+            record = await self._immutable(key, ("treesize", key, fingerprint(token)), fetch)
+        except UpstreamUnavailable:
+            record = await self._treesize_from_root(repo, commit, path)
+            if record is None:
+                raise
+        if "missing" in record:
+            raise EntryNotFound(record["missing"], commit=commit)
+        return commit, record["value"]
+
+    async def _treesize_from_root(self, repo: RepoRef, commit: str, path: str) -> dict[str, Any] | None:
+        """The size summed over a cached recursive listing (upstream down). Only `size` is known
+        for sure to be in the Hub's answer, and it is all hfd.sh reads."""
+        entries = await self._root_entries(repo, commit, False)
+        if entries is None:
+            return None
+        if path and not any(e.get("path") == path for e in entries):
+            return {"missing": f'{path} does not exist on "{commit}"'}
+        prefix = f"{path}/" if path else ""
+        size = sum(
+            int(e.get("size") or 0)
+            for e in entries
+            if e.get("type") == "file" and (e.get("path") == path or str(e.get("path", "")).startswith(prefix))
+        )
+        return {"value": {"size": size}}
+
     async def paths_info(
         self, repo: RepoRef, revision: str, paths: list[str], expand: bool, token: str | None
     ) -> list[dict[str, Any]]:
         commit = await self.revisions.resolve(repo, revision, token)
         wanted = sorted(set(paths))
-        key = keys.api_key(repo, commit, "paths-info", json.dumps([wanted, expand]))
-
-        async def fetch() -> list[dict[str, Any]]:
-            form = [("paths", p) for p in wanted] + [("expand", _bool(expand))]
-            data, _ = await self.upstream.api_json(
-                f"{repo.api_path}/paths-info/{commit}", token, method="POST", form=urlencode(form)
-            )
-            return list(data)
-
-        try:
-            record = await self._immutable(key, ("paths-info", key, fingerprint(token)), fetch)
-        except UpstreamUnavailable:
-            root = await self._tree_from_root(repo, commit, "", True, expand)
-            if root is None:
-                raise
-            record = {"value": [e for e in root["value"] if e["path"] in set(wanted)]}
+        key = keys.api_key(repo, commit, keys.PATHS_INFO, json.dumps([wanted, expand]))
+        record = await self.records.get(key)
+        if record is None:
+            flight_key = ("paths-info", key, fingerprint(token))
+            try:
+                record = await self._flight.do(
+                    flight_key, lambda: self._fetch_paths_info(repo, commit, wanted, expand, token, key)
+                )
+            except UpstreamUnavailable:
+                entries = await self._root_entries(repo, commit, expand)
+                if entries is None:
+                    raise
+                record = {"value": [e for e in entries if e["path"] in set(wanted)]}
         return list(record.get("value", []))
+
+    async def _fetch_paths_info(
+        self, repo: RepoRef, commit: str, wanted: list[str], expand: bool, token: str | None, key: str
+    ) -> dict[str, Any]:
+        """Upstream's answer, stored for the commit only when it can be trusted to be one.
+
+        Missing paths are silently left out by the Hub, so a short answer is normal; but one that
+        leaves out paths the commit's tree lists is a fault (a request the Hub misread, a broken
+        upstream mirror), and an empty answer to a non-empty request looks exactly like that fault
+        when there is no tree to check it against. Neither is kept: the next request asks again.
+        """
+        form = [("paths", p) for p in wanted] + [("expand", _bool(expand))]
+        data, _ = await self.upstream.api_json(f"{repo.api_path}/paths-info/{commit}", token, method="POST", form=form)
+        if not isinstance(data, list):
+            raise UpstreamError(f"upstream paths-info answer for {repo} is not a list", status=502)
+        record = {"value": data}
+        entries = await self._root_entries(repo, commit, expand)
+        if entries is not None:
+            listed = {e.get("path") for e in entries}
+            answered = {e.get("path") for e in data if isinstance(e, dict)}
+            omitted = [p for p in wanted if p in listed and p not in answered]
+            if omitted:
+                self._fault_log.warning(
+                    "paths-info",
+                    "upstream paths-info for %s@%s left out %d paths its tree lists (%s); answering from the tree",
+                    repo,
+                    commit,
+                    len(omitted),
+                    omitted[0][:200],
+                )
+                return {"value": [e for e in entries if e.get("path") in set(wanted)]}
+        elif wanted and not data:
+            return record
+        await self.records.put_best_effort(key, record)
+        return record
 
     async def refs(self, repo: RepoRef, include_prs: bool, token: str | None) -> Any:
         query = "include_prs=1" if include_prs else ""
-        mem_key = (repo, query)
-        hit = self._refs_fresh.get(mem_key)
-        if hit and hit[1] > self.clock():
-            return hit[0]
-        key = keys.latest_key(repo, "refs", query)
 
         async def fetch() -> Any:
             data, _ = await self.upstream.api_json(f"{repo.api_path}/refs" + (f"?{query}" if query else ""), token)
-            self._refs_fresh[mem_key] = (data, self.clock() + self.refs_ttl)
-            await self.records.put_best_effort(key, data)
             return data
 
-        flight_key = ("refs", key, fingerprint(token))
-        known = hit[0] if hit else await self.records.get(key)
-        if known is None:
-            return await self._flight.do(flight_key, fetch)
-        if hit is None:
-            self._refs_fresh[mem_key] = (known, 0.0)  # known, and due for a refresh
-        done = await self._revalidator.refresh(flight_key, fetch)
-        if done is None:
-            return known
-        try:
-            return done.result()
-        except UpstreamUnavailable:
-            return known
+        return await self._latest.get(keys.latest_key(repo, "refs", query), fetch, token)
+
+    async def listing(self, repo_type: str, query: str, token: str | None) -> tuple[list[Any], str | None]:
+        """(one page of a repo listing, the upstream path and query of the next page or None).
+
+        `query` is the canonical query. The answer depends on the token (the Hub lists the
+        token's private repos too), so it is kept per token.
+        """
+        path = f"/api/{repo_type}s" + (f"?{query}" if query else "")
+
+        async def fetch() -> dict[str, Any]:
+            data, headers = await self.upstream.api_json(path, token)
+            if not isinstance(data, list):
+                raise UpstreamError(f"upstream {repo_type} listing is not a list", status=502)
+            return {"items": data, "next": self._upstream_path(path, next_link(headers.get("Link")))}
+
+        record = await self._latest.get(keys.listing_key(f"{repo_type}s", fingerprint(token), query), fetch, token)
+        return list(record["items"]), record["next"]
+
+    def _upstream_path(self, asked: str, link: str | None) -> str | None:
+        """A link of upstream's as a path and query under its base (None off its origin)."""
+        if not link:
+            return None
+        absolute = urljoin(self.upstream.url(asked), link)
+        base = self.upstream.base + "/"
+        return absolute[len(base) - 1 :] if absolute.startswith(base) else None
+
+    async def llamacpp_manifest(self, repo: RepoRef, tag: str, token: str | None) -> Any:
+        """llama.cpp's manifest of a GGUF repo at a tag (`Q4_K_M`, `latest`): it names the file.
+
+        The tag picks a file of the default branch as upstream sees it now, so it is cached like
+        refs, not for good.
+        """
+
+        async def fetch() -> Any:
+            url = f"/v2/{repo.repo_id}/manifests/{quote(tag, safe='')}"
+            data, _ = await self.upstream.api_json(url, token, headers=LLAMACPP_HEADERS)
+            if not isinstance(data, dict):
+                raise UpstreamError(f"upstream manifest for {repo}:{tag} is not an object", status=502)
+            return data
+
+        return await self._latest.get(keys.latest_key(repo, "llamacpp-manifest", tag), fetch, token)
 
     async def commits(
         self, repo: RepoRef, revision: str, query: str, token: str | None

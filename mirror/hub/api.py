@@ -1,4 +1,5 @@
-"""The read API clients call: repo info, revision, tree, paths-info, refs, commits, whoami.
+"""The read API clients call: repo info, revision, tree, treesize, paths-info, refs, commits,
+repo listings, whoami.
 
 Answers come from the metadata cache; JSON is stripped of xet fields (unless configured otherwise)
 and pagination links point at the mirror, never at the upstream.
@@ -61,10 +62,27 @@ EXPAND_PROPERTIES: dict[str, frozenset[str]] = {
 # Repo-info flags as huggingface_hub sends them (`files_metadata=True` goes out as `blobs=true`).
 INFO_FLAGS = ("blobs", "securityStatus")
 COMMITS_EXPAND = frozenset({"formatted"})
+# The query parameters huggingface_hub's list_models / list_datasets / list_spaces send (hf_api.py),
+# plus `direction` (older clients and the Hub's own links) and the `cursor` of the Hub's next-page
+# links. Anything else is dropped: it would only make a new cache key for the same answer.
+_COMMON_LISTING = "author search filter sort direction limit full expand cursor"
+LISTING_PARAMS: dict[str, frozenset[str]] = {
+    "model": frozenset(
+        f"{_COMMON_LISTING} apps gated inference inference_provider pipeline_tag num_parameters config cardData".split()
+    ),
+    "dataset": frozenset(f"{_COMMON_LISTING} gated".split()),
+    "space": frozenset(f"{_COMMON_LISTING} linked datasets models".split()),
+}
+# Sent as `true` or not at all (false is the Hub's default).
+LISTING_FLAGS = frozenset({"full", "config", "cardData", "linked"})
+MAX_LISTING_VALUES = 32  # values of one parameter (filter=a&filter=b...)
+MAX_LISTING_VALUE = 256
+MAX_CURSOR = 2048  # the Hub's cursors are opaque base64; this leaves ample room
 METHODS = {
     "info": ("GET", "HEAD"),
     "revision": ("GET", "HEAD"),
     "tree": ("GET",),
+    "treesize": ("GET",),
     "paths-info": ("POST",),
     "refs": ("GET",),
     "commits": ("GET",),
@@ -126,6 +144,42 @@ def canonical_query(request: web.Request, op: str, repo_type: str) -> str:
     return urlencode(sorted(params))
 
 
+def listing_query(request: web.Request, repo_type: str) -> str:
+    """The query of a repo listing, reduced to what the Hub defines for it (see canonical_query).
+
+    Flags become `true` or are left out, `limit` a plain integer, `direction` 1 or -1, `expand`
+    only known properties; repeated values are kept once each, the whole sorted. Values that
+    could not be a real query (control characters, too long, too many) are refused.
+    """
+    known = LISTING_PARAMS[repo_type]
+    params: set[tuple[str, str]] = set()
+    for name in known:
+        values = request.query.getall(name, [])
+        if len(values) > MAX_LISTING_VALUES:
+            raise BadRequest(f"at most {MAX_LISTING_VALUES} values of {name}")
+        for value in values:
+            limit = MAX_CURSOR if name == "cursor" else MAX_LISTING_VALUE
+            if len(value) > limit or any(ord(c) < 32 or c == "\x7f" for c in value):
+                raise BadRequest(f"{name} must be printable text of at most {limit} characters")
+        if name in LISTING_FLAGS:
+            if any(_truthy(v) for v in values):
+                params.add((name, "true"))
+        elif name == "limit":
+            number = _page_number(request, "limit")
+            if number:
+                params.add((name, str(number)))
+        elif name == "direction":
+            params.update((name, v) for v in values if v in ("1", "-1"))
+        elif name == "expand":
+            params.update((name, v) for v in values if v in EXPAND_PROPERTIES[repo_type])
+        elif name == "gated":
+            # httpx writes Python booleans in lower case, other clients may not.
+            params.update((name, v.lower() if v.lower() in ("true", "false") else v) for v in values if v)
+        else:
+            params.update((name, v) for v in values if v)
+    return urlencode(sorted(params))
+
+
 async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     """The request body, refused with 413 past `limit` bytes (after any Content-Encoding)."""
     if request.content_length is not None and request.content_length > limit:
@@ -173,6 +227,11 @@ async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamRespo
     if target.op == "tree":
         return await _tree(request, services, target, token)
 
+    if target.op == "treesize":
+        assert target.revision is not None
+        commit, size = await services.metadata.treesize(repo, target.revision, target.path, token)
+        return json_response(services, size, cache_as=(repo, ("treesize", commit, target.path)))
+
     if paths_info is not None:
         paths, expand = paths_info
         assert target.revision is not None
@@ -193,6 +252,30 @@ async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamRespo
         return json_response(services, items, headers)
 
     raise NotFound(f"unsupported API operation {target.op}")
+
+
+async def handle_listing(request: web.Request, repo_type: str) -> web.Response:
+    """`GET /api/{models|datasets|spaces}?author=...`: one page of upstream's repo listing.
+
+    The caller's token goes to the upstream origin only (upstream.py); the next-page link names the
+    mirror. With the allow-list enforced, repos it does not allow are left out of the page.
+    """
+    services = request.app[SERVICES]
+    _require(request, "GET", "HEAD")
+    token = bearer_token(request.headers.get("Authorization"))
+    query = listing_query(request, repo_type)
+    items, next_path = await services.metadata.listing(repo_type, query, token)
+    if services.allowlist.enforce:
+        items = [item for item in items if await _allowed(services, repo_type, item)]
+    headers = {}
+    if next_path is not None:
+        headers["Link"] = f'<{mirror_origin(request, services)}{next_path}>; rel="next"'
+    return json_response(services, items, headers)
+
+
+async def _allowed(services: Services, repo_type: str, item: Any) -> bool:
+    repo_id = item.get("id") if isinstance(item, dict) else None
+    return isinstance(repo_id, str) and await services.allowlist.allows(RepoRef(repo_type, repo_id))
 
 
 async def _tree(request: web.Request, services: Services, target: ApiTarget, token: str | None) -> web.Response:

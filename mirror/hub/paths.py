@@ -6,6 +6,7 @@ tree sub-paths as `sub%2Fdir`, and decoding before splitting would change the me
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -23,13 +24,18 @@ RESOLVE_PREFIXES = {"datasets": "dataset", "spaces": "space", "models": "model"}
 API_OPS = {
     "revision": True,
     "tree": True,
+    "treesize": True,
     "paths-info": True,
     "commits": True,
     "xet-read-token": True,
     "refs": False,
     "auth-check": False,
 }
+# Operations that take a folder path after the revision.
+PATH_OPS = ("tree", "treesize")
 MAX_RAW_PATH = 4096
+# llama.cpp's tags name a quantisation (`Q4_K_M`, `IQ2_XXS`) or are `latest`.
+_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,15 @@ class ApiTarget:
     repo: RepoRef
     op: str  # "info" or one of API_OPS
     revision: str | None
-    path: str  # tree sub-path ("" for the root)
+    path: str  # tree or treesize sub-path ("" for the root)
+
+
+@dataclass(frozen=True)
+class ManifestTarget:
+    """llama.cpp's `/v2/{repo}/manifests/{tag}`."""
+
+    repo: RepoRef
+    tag: str
 
 
 def _segments(raw_path: str) -> list[str]:
@@ -117,7 +131,27 @@ def parse_api(raw_path: str) -> ApiTarget | None:
         raise NotFound(f"unknown API path {raw_path[:200]}")
     path = ""
     if args:
-        if op != "tree":
+        if op not in PATH_OPS:
             raise NotFound(f"unknown API path {raw_path[:200]}")
         path = validate_file_path("/".join(_decode(s) for s in args))
     return ApiTarget(repo, op, revision, path)
+
+
+def parse_listing(raw_path: str) -> str | None:
+    """`/api/{models|datasets|spaces}`: the repo type listed; None for any other path."""
+    segs = _segments(raw_path)
+    if len(segs) == 2 and segs[0] == "api" and segs[1] in API_TYPES:
+        return API_TYPES[segs[1]]
+    return None
+
+
+def parse_manifest(raw_path: str) -> ManifestTarget | None:
+    """`/v2/{namespace}/{name}/manifests/{tag}` (llama.cpp's `-hf user/repo[:tag]`); None otherwise."""
+    segs = _segments(raw_path)
+    if len(segs) != 5 or segs[0] != "v2" or segs[3] != "manifests":
+        return None
+    repo = RepoRef("model", validate_repo_id(f"{_decode(segs[1])}/{_decode(segs[2])}"))
+    tag = _decode(segs[4])
+    if not _TAG_RE.fullmatch(tag):
+        raise BadRequest(f"Invalid tag {tag[:200]!r}: expected a quantisation like Q4_K_M, or latest")
+    return ManifestTarget(repo, tag)

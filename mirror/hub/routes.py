@@ -1,13 +1,14 @@
-"""Dispatch on the raw path to the resolve and API handlers."""
+"""Dispatch on the raw path to the resolve, API and llama.cpp manifest handlers."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from mirror.errors import MethodNotAllowed, NotFound
-from mirror.hub.api import handle_agent_harnesses, handle_api, handle_whoami
+from mirror.hub.api import handle_agent_harnesses, handle_api, handle_listing, handle_whoami
+from mirror.hub.llamacpp import handle_manifest
 from mirror.hub.observe import REPO_TYPE, ROUTE
-from mirror.hub.paths import parse_api, parse_resolve
+from mirror.hub.paths import parse_api, parse_listing, parse_manifest, parse_resolve
 from mirror.hub.resolve import handle_resolve
 
 
@@ -19,12 +20,23 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             return await handle_whoami(request)
         if raw == "/api/agent-harnesses":
             return await handle_agent_harnesses(request)
+        listed = parse_listing(raw)
+        if listed is not None:
+            request[ROUTE] = "api_listing"
+            request[REPO_TYPE] = listed
+            return await handle_listing(request, listed)
         api_target = parse_api(raw)
         if api_target is None:
             raise NotFound(f"unknown API path {raw[:200]}")
         request[ROUTE] = f"api_{api_target.op.replace('-', '_')}"
         request[REPO_TYPE] = api_target.repo.repo_type
         return await handle_api(request, api_target)
+    if raw.startswith("/v2/"):
+        manifest = parse_manifest(raw)
+        if manifest is not None:
+            request[ROUTE] = "api_llamacpp_manifest"
+            request[REPO_TYPE] = manifest.repo.repo_type
+            return await handle_manifest(request, manifest)
     resolve_target = parse_resolve(raw)
     if resolve_target is None:
         raise NotFound(f"no route for {raw[:200]}")

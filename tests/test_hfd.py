@@ -1,0 +1,407 @@
+"""hfd.sh (the curl + aria2c download script many mirror users run) through the mirror.
+
+The script is not vendored: its requests are replayed here exactly, with the real curl and aria2c
+(the hfd.sh published after 2024-12, as copied into public repositories):
+
+1. `curl -L -s -w %{http_code} -o .hfd/repo_metadata.json [-H "Authorization: Bearer $HF_TOKEN"]
+   $HF_ENDPOINT/api/{models|datasets}/{id}[/revision/{rev}]?blobs=true`; reads `.gated` and
+   `.siblings[] | .rfilename, .size`.
+2. `curl -sSL [-H auth] $HF_ENDPOINT/api/{type}s/{id}/treesize/{rev}`; reads `.size` (a missing
+   route is tolerated). If the siblings' sizes add up to it, the siblings are the file list.
+3. Otherwise (siblings truncated on a big repo, or no jq): `curl -sSL [-H auth] -D - -o page
+   $HF_ENDPOINT/api/{type}s/{id}/tree/{rev}?recursive=true&expand=false`, then every
+   `Link: <...>; rel="next"` until there is none.
+4. `aria2c --file-allocation=none -x 4 -j 5 -s 4 -k 1M -c -i list`, one entry per file:
+   `$HF_ENDPOINT/[datasets/]{id}/resolve/{rev}/{path}` with ` dir=`, ` out=` and
+   ` header=Authorization: Bearer $HF_TOKEN`. `--include`/`--exclude` filter paths client-side.
+
+Both listing paths (2 and 3) are replayed on every run and must agree. The emulator may not answer
+treesize (yet): `HubFront` answers it from the emulator's repo info and forwards everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import start_mirror
+from tests.hubemu import HubEmulator
+from tests.mirror_server import MirrorThread
+
+TOKEN = "hf_hfd_token_0123456789abcdefghijklmnopq"
+BIG = os.urandom(3 * 1024 * 1024 + 777)  # LFS; several aria2c 1 MiB segments
+# More entries than one page of the mirror's tree (1000), so the walk follows its next link.
+MANY = {f"many/f{i:04d}.txt": f"{i}\n".encode() for i in range(1010)}
+FILES = {
+    "config.json": b'{"model_type": "tiny"}',
+    "model.safetensors": BIG,
+    "sub/dir/notes.txt": b"nested notes\n",
+    "empty.txt": b"",
+    **MANY,
+}
+DATASET = {"data/train.csv": b"a,b\n1,2\n", "README.md": b"# data\n"}
+TOOL_TIMEOUT = 120
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
+
+
+class HubFront:
+    """An upstream in front of the emulator: `routes` answered here, everything else forwarded as is.
+
+    For endpoints the emulator lacks; links and redirects that name the emulator are rewritten to
+    name this front, so that the mirror only ever sees one upstream origin.
+    """
+
+    def __init__(self, hub: HubEmulator, routes: dict[str, Handler] | None = None) -> None:
+        self.hub = hub
+        self.routes = routes or {}
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def fetch_json(self, request: web.Request, path: str) -> tuple[int, object]:
+        """GET an emulator path with the caller's Authorization: (status, parsed JSON or None)."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        async with self._session.get(self.hub.url + path, headers=headers) as resp:
+            body = await resp.read()
+            return resp.status, json.loads(body) if resp.status == 200 else None
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        body = await request.read()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                self.hub.url + request.rel_url.raw_path_qs,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            )
+        except aiohttp.ClientError:
+            raise web.HTTPBadGateway() from None
+        async with upstream:
+            out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() in HOP_BY_HOP:
+                    continue
+                if name.lower() in ("link", "location"):
+                    value = value.replace(self.hub.url, self.url)
+                out.headers.add(name, value)
+            await out.prepare(request)
+            if request.method != "HEAD":
+                try:
+                    async for chunk in upstream.content.iter_chunked(64 * 1024):
+                        await out.write(chunk)
+                except aiohttp.ClientError:
+                    request.transport.close()  # type: ignore[union-attr]  # cut, as upstream did
+                    return out
+            await out.write_eof()
+            return out
+
+    def __enter__(self) -> HubFront:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        for pattern, handler in self.routes.items():
+            app.router.add_route("*", pattern, handler)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def _stop(self) -> None:
+        assert self._runner is not None and self._session is not None
+        await self._runner.cleanup()
+        await self._session.close()
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def treesize_route(front: Callable[[], HubFront], calls: list[str]) -> Handler:
+    """`GET /api/{type}/{ns}/{name}/treesize/{rev}[/{path}]` -> `{"path", "size"}`, summed from siblings."""
+
+    async def treesize(request: web.Request) -> web.Response:
+        calls.append(request.rel_url.raw_path)
+        info = request.match_info
+        rev, _, path = info["rest"].partition("/")
+        rev, path = unquote(rev), unquote(path).strip("/")
+        status, data = await front().fetch_json(
+            request, f"/api/{info['type']}/{info['ns']}/{info['name']}/revision/{rev}?blobs=true"
+        )
+        if status != 200 or not isinstance(data, dict):
+            raise web.HTTPBadGateway() if status >= 500 else web.HTTPNotFound()
+        prefix = f"{path}/" if path else ""
+        sizes = [s["size"] for s in data["siblings"] if s["rfilename"] == path or s["rfilename"].startswith(prefix)]
+        if path and not sizes:
+            raise web.HTTPNotFound(headers={"X-Error-Code": "EntryNotFound"})
+        return web.json_response({"path": path, "size": sum(sizes)})
+
+    return treesize
+
+
+@dataclass
+class World:
+    hub: HubEmulator
+    front: HubFront
+    treesize_calls: list[str]
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    calls: list[str] = []
+    with HubEmulator() as hub:
+        holder: list[HubFront] = []
+        routes = {"/api/{type}/{ns}/{name}/treesize/{rest:.*}": treesize_route(lambda: holder[0], calls)}
+        with HubFront(hub, routes) as front:
+            holder.append(front)
+            hub.add_repo("model", "org/hfd", FILES, gated="manual", tokens=(TOKEN,))
+            hub.add_repo("dataset", "org/hfd-data", DATASET)
+            yield World(hub, front, calls)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        # Not a skip: CI installs these, so a missing tool means the environment is broken.
+        pytest.fail(f"{name} is not on PATH; CI installs it (apt-get install curl aria2)")
+    return path
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return subprocess.run(
+        list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT + 15, check=False
+    )
+
+
+def auth(token: str | None) -> list[str]:
+    return ["-H", f"Authorization: Bearer {token}"] if token else []
+
+
+def next_url(headers: str) -> str:
+    """What hfd's grep/sed pipeline takes from the last `link:` header: the rel="next" URL, or ""."""
+    for line in headers.replace("\r", "").splitlines():
+        if line.lower().startswith("link:"):
+            match = re.search(r'<([^>]*)>;\s*rel="next"', line)
+            if match:
+                return match.group(1)
+    return ""
+
+
+@dataclass
+class Outcome:
+    siblings: dict[str, int]
+    treesize: int | None
+    walked: dict[str, int]
+    tree_pages: int
+    downloaded: list[str]
+
+
+def hfd(
+    endpoint: str,
+    repo_id: str,
+    local_dir: Path,
+    *,
+    token: str | None = None,
+    dataset: bool = False,
+    exclude: str | None = None,
+) -> Outcome:
+    """hfd.sh's requests for `repo_id` at main, in its order, into `local_dir`."""
+    curl = tool("curl")
+    api_path = f"datasets/{repo_id}" if dataset else f"models/{repo_id}"
+    download_path = f"datasets/{repo_id}" if dataset else repo_id
+    (local_dir / ".hfd").mkdir(parents=True)
+    meta_file = local_dir / ".hfd" / "repo_metadata.json"
+
+    # 1. Metadata (hfd exits unless the status is 200).
+    proc = run(
+        curl,
+        "-L",
+        "-s",
+        "-w",
+        "%{http_code}",
+        "-o",
+        str(meta_file),
+        *auth(token),
+        f"{endpoint}/api/{api_path}?blobs=true",
+    )
+    assert proc.stdout == "200", f"metadata: {proc.stdout} {meta_file.read_text()[:500] if meta_file.exists() else ''}"
+    meta = json.loads(meta_file.read_text())
+    assert meta["gated"] in (False, "auto", "manual")
+    siblings = {s["rfilename"]: s.get("size") or 0 for s in meta["siblings"]}
+
+    # 2. Treesize; hfd carries on without it, the replay wants it.
+    proc = run(curl, "-sSL", *auth(token), f"{endpoint}/api/{api_path}/treesize/main")
+    assert proc.returncode == 0, proc.stderr
+    treesize = json.loads(proc.stdout).get("size")
+
+    # 3. The paginated walk, as hfd runs it when the siblings do not add up to the treesize.
+    walked: dict[str, int] = {}
+    pages = 0
+    url = f"{endpoint}/api/{api_path}/tree/main?recursive=true&expand=false"
+    page_file = local_dir / ".hfd" / "tree_page.json"
+    while url:
+        proc = run(curl, "-sSL", *auth(token), "-D", "-", "-o", str(page_file), url)
+        assert proc.returncode == 0, proc.stderr
+        pages += 1
+        walked.update({e["path"]: e["size"] for e in json.loads(page_file.read_text()) if e["type"] == "file"})
+        url = next_url(proc.stdout)
+
+    # 4. aria2c over the resolve URLs of the files wanted.
+    wanted = [p for p in sorted(walked) if not (exclude and re.search(exclude, p))]
+    entries = []
+    for path in wanted:
+        folder, _, name = path.rpartition("/")
+        entry = f"{endpoint}/{download_path}/resolve/main/{path}\n dir={folder}\n out={name}\n"
+        if token:
+            entry += f" header=Authorization: Bearer {token}\n"
+        entries.append(entry + "\n")
+    (local_dir / ".hfd" / "aria2c_urls.txt").write_text("".join(entries))
+    proc = run(
+        tool("aria2c"),
+        "--no-conf=true",
+        "--quiet=true",
+        "--log=.hfd/download.log",
+        "--log-level=error",
+        "--file-allocation=none",
+        f"--timeout={TOOL_TIMEOUT}",
+        "-x",
+        "4",
+        "-j",
+        "5",
+        "-s",
+        "4",
+        "-k",
+        "1M",
+        "-c",
+        "-i",
+        ".hfd/aria2c_urls.txt",
+        cwd=local_dir,
+    )
+    log = (local_dir / ".hfd" / "download.log").read_text() if (local_dir / ".hfd" / "download.log").exists() else ""
+    assert proc.returncode == 0, f"aria2c exited {proc.returncode}: {log[-3000:]}"
+    return Outcome(siblings, treesize, walked, pages, wanted)
+
+
+def assert_files(local_dir: Path, expected: dict[str, bytes], paths: list[str]) -> None:
+    for path in paths:
+        data = (local_dir / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == hashlib.sha256(expected[path]).hexdigest(), path
+
+
+def api_requests(mirror: MirrorThread) -> list[str]:
+    return [path for method, path in mirror.requests if path.startswith("/api/")]
+
+
+def test_hfd_downloads_a_gated_model_with_aria2c(world: World, tmp_path: Path) -> None:
+    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    try:
+        out = hfd(mirror.url, "org/hfd", tmp_path / "hfd", token=TOKEN, exclude=r"^many/")
+        # The siblings add up to the treesize, so hfd would skip the walk; the walk agrees.
+        assert out.treesize == sum(len(v) for v in FILES.values())
+        assert out.siblings == out.walked == {p: len(v) for p, v in FILES.items()}
+        assert out.tree_pages == 2, "the mirror pages its tree at 1000 and hfd follows its link"
+        assert sorted(out.downloaded) == sorted(p for p in FILES if not p.startswith("many/"))
+        assert_files(tmp_path / "hfd", FILES, out.downloaded)
+        api = api_requests(mirror)
+        assert api[0] == "/api/models/org/hfd?blobs=true"
+        assert api[1] == "/api/models/org/hfd/treesize/main"
+        assert api[2] == "/api/models/org/hfd/tree/main?recursive=true&expand=false"
+        # The second page's link names the mirror, and the commit, so both pages are one snapshot.
+        assert re.fullmatch(r"/api/models/org/hfd/tree/[0-9a-f]{40}\?recursive=true&expand=false&cursor=1000", api[3])
+        assert world.hub.count(path_contains="xet-read-token") == 0
+        # Treesize is asked of upstream once per commit, however often clients ask.
+        run(tool("curl"), "-sSL", *auth(TOKEN), f"{mirror.url}/api/models/org/hfd/treesize/main")
+        assert len(world.treesize_calls) == 1
+    finally:
+        mirror.stop()
+
+
+def test_hfd_without_a_token_is_refused_the_gated_files(world: World, tmp_path: Path) -> None:
+    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    try:
+        proc = run(
+            tool("curl"), "-s", "-o", os.devnull, "-w", "%{http_code}", f"{mirror.url}/org/hfd/resolve/main/config.json"
+        )
+        assert proc.stdout == "401"
+    finally:
+        mirror.stop()
+
+
+def test_hfd_downloads_a_dataset(world: World, tmp_path: Path) -> None:
+    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    try:
+        out = hfd(mirror.url, "org/hfd-data", tmp_path / "data", dataset=True)
+        assert out.treesize == sum(len(v) for v in DATASET.values())
+        assert out.siblings == out.walked == {p: len(v) for p, v in DATASET.items()}
+        assert_files(tmp_path / "data", DATASET, out.downloaded)
+        assert api_requests(mirror)[:2] == [
+            "/api/datasets/org/hfd-data?blobs=true",
+            "/api/datasets/org/hfd-data/treesize/main",
+        ]
+    finally:
+        mirror.stop()
+
+
+def test_hfd_runs_again_with_upstream_down(world: World, tmp_path: Path) -> None:
+    """A second machine runs hfd after upstream went down: all the first run fetched still comes down.
+
+    What cannot work offline: files no run fetched before (the excluded ones here), revisions never
+    resolved, and repos never seen; those answer 5xx, so hfd stops and a later run resumes.
+    """
+    # TTLs of 0: every request revalidates with upstream, so the outage is met on every call.
+    ttl = {"revision_ttl": 0, "access_ttl": 0, "refs_ttl": 0}
+    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache", cache=ttl)
+    try:
+        first = hfd(mirror.url, "org/hfd", tmp_path / "first", token=TOKEN, exclude=r"^many/")
+        assert first.treesize == sum(len(v) for v in FILES.values())
+        mirror.settle()
+        world.hub.faults.down()
+        again = hfd(mirror.url, "org/hfd", tmp_path / "second", token=TOKEN, exclude=r"^many/")
+        assert again.siblings == first.siblings and again.walked == first.walked
+        assert again.treesize == first.treesize and again.tree_pages == 2
+        assert_files(tmp_path / "second", FILES, again.downloaded)
+        # A file the first run excluded was never fetched: there is nothing to serve it from.
+        proc = run(
+            tool("curl"),
+            "-s",
+            "-o",
+            os.devnull,
+            "-w",
+            "%{http_code}",
+            *auth(TOKEN),
+            f"{mirror.url}/org/hfd/resolve/main/many/f0001.txt",
+        )
+        assert proc.stdout.startswith("5"), proc.stdout
+    finally:
+        world.hub.faults.up()
+        mirror.stop()
