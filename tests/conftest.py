@@ -23,7 +23,11 @@ def start_mirror(
     upstream_url: str, cache_dir: Path, port: int = 0, store: Storage | None = None, **sections: dict
 ) -> MirrorThread:
     """A mirror of `upstream_url`; config `sections` override the defaults, `store` the backend."""
-    overrides = {"upstream": {"url": upstream_url, "resume_attempts": 5}, "cache": {"dir": str(cache_dir)}}
+    # No background upstream probe unless a test asks for one: tests count upstream requests.
+    overrides = {
+        "upstream": {"url": upstream_url, "resume_attempts": 5, "probe_interval": 0},
+        "cache": {"dir": str(cache_dir)},
+    }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return MirrorThread(load_config(None, overrides, environ={}), port, store).start()

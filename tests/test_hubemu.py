@@ -61,8 +61,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
 
 
-def fetch(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
+def fetch(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with _opener.open(request, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -412,3 +414,185 @@ def test_repo_model_matches_git(tmp_path: Path) -> None:
     sub = subprocess.run([*git, "rev-parse", f"{tree}:d"], check=True, capture_output=True, text=True)
     assert commit.dir_oids["d"] == sub.stdout.strip()
     assert huggingface_hub.__version__ == "2.4.0"
+
+
+# -- as strict as the Hub --------------------------------------------------------------------------
+
+
+def post(url: str, body: bytes, content_type: str | None) -> tuple[int, dict[str, str], bytes]:
+    """A POST with exactly this Content-Type, or none at all (urllib would add a form one)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    headers = {"Content-Type": content_type} if content_type else {}
+    conn.request("POST", parts.path, body=body, headers=headers)
+    resp = conn.getresponse()
+    answer = (resp.status, dict(resp.headers), resp.read())
+    conn.close()
+    return answer
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "paths"),
+    [
+        (FORM, b"paths=config.json&paths=sub%2Fdir&paths=nope&expand=false", ["config.json", "sub/dir"]),
+        (f"{FORM}; charset=utf-8", b"paths=config.json", ["config.json"]),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="paths"\r\n\r\nconfig.json\r\n--b--\r\n',
+            ["config.json"],
+        ),
+        ("application/json", b'{"paths": ["config.json", "nope"], "expand": false}', ["config.json"]),
+        ("application/json", b'{"paths": "config.json"}', ["config.json"]),
+        ("application/json", b'["config.json"]', []),
+        # The reported bug: a form labelled text/plain. A web server does not read it as a form, so
+        # the Hub saw no `paths` and answered []; so does the emulator, whatever the body says.
+        ("text/plain; charset=utf-8", b"paths=config.json", []),
+        ("text/plain", b'{"paths": ["config.json"]}', []),
+        ("application/octet-stream", b"paths=config.json", []),
+        (None, b"paths=config.json", []),
+        (FORM, b"", []),
+    ],
+)
+def test_paths_info_reads_the_body_only_as_its_content_type_says(
+    emu: HubEmulator, content_type: str | None, body: bytes, paths: list[str]
+) -> None:
+    status, _, answer = post(f"{emu.url}/api/models/org/name/paths-info/main", body, content_type)
+    assert status == 200
+    assert [entry["path"] for entry in json.loads(answer)] == paths
+
+
+def test_paths_info_refuses_what_a_body_parser_refuses(emu: HubEmulator) -> None:
+    url = f"{emu.url}/api/models/org/name/paths-info/main"
+    assert post(url, b'{"paths": ["a"', "application/json")[0] == 400
+    assert post(url, b'"config.json"', "application/json")[0] == 400
+    assert post(url, b'{"paths": [1]}', "application/json")[0] == 400
+    status, headers, _ = post(f"{emu.url}/api/models/org/name/paths-info/nope", b"paths=a", FORM)
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+    # paths-info is POST only, like the Hub's route; other methods find no route.
+    assert fetch(url)[0] == 404 and fetch(url, "PUT", body=b"paths=a")[0] == 404
+
+
+def test_repo_info_siblings_carry_blobs_only_when_asked(emu: HubEmulator) -> None:
+    repo = emu.get_repo("model", "org/name")
+    assert repo is not None
+    commit = repo.head()
+    for path in (
+        "/api/models/org/name",
+        f"/api/models/org/name/revision/{commit}",
+        "/api/models/org/name/revision/main",
+    ):
+        bare = json.loads(fetch(emu.url + path)[2])["siblings"]
+        assert all(set(s) == {"rfilename"} for s in bare), path
+        siblings = {s["rfilename"]: s for s in json.loads(fetch(f"{emu.url}{path}?blobs=true")[2])["siblings"]}
+        assert siblings["config.json"] == {
+            "rfilename": "config.json",
+            "size": len(CONFIG),
+            "blobId": git_blob_sha1(CONFIG),
+        }
+        weights = siblings["weights.safetensors"]
+        assert weights["size"] == len(WEIGHTS) and weights["lfs"]["sha256"] == sha256_hex(WEIGHTS)
+        assert weights["lfs"]["size"] == len(WEIGHTS) and weights["lfs"]["pointerSize"] > 100
+        assert weights["blobId"] != sha256_hex(WEIGHTS)  # the pointer's git sha1, not the content hash
+    info = json.loads(fetch(f"{emu.url}/api/models/org/name?securityStatus=true")[2])
+    assert info["securityRepoStatus"]["scansDone"] is True
+
+
+def test_treesize(emu: HubEmulator) -> None:
+    base = f"{emu.url}/api/models/org/name/treesize"
+    total = sum(len(data) for data in FILES.values())
+    assert json.loads(fetch(f"{base}/main")[2]) == {"path": "", "size": total}
+    assert json.loads(fetch(f"{base}/main/sub%2Fdir")[2]) == {"path": "sub/dir", "size": 5}
+    assert json.loads(fetch(f"{base}/main/sub/dir")[2]) == {"path": "sub/dir", "size": 5}
+    assert json.loads(fetch(f"{base}/main/weights.safetensors")[2])["size"] == len(WEIGHTS)
+    status, headers, _ = fetch(f"{base}/main/nope")
+    assert (status, headers["X-Error-Code"]) == (404, "EntryNotFound")
+    status, headers, _ = fetch(f"{base}/nope")
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+
+
+def test_auth_check(emu: HubEmulator) -> None:
+    emu.add_repo("model", "org/gated", {"a.txt": b"a"}, gated="auto")
+    emu.add_repo("model", "org/private", {"a.txt": b"a"}, private=True)
+    good, bad = {"Authorization": "Bearer hf_good"}, {"Authorization": "Bearer hf_bad"}
+
+    def check(repo: str, headers: dict[str, str] | None = None, suffix: str = "") -> tuple[int, str | None]:
+        status, answer_headers, _ = fetch(f"{emu.url}/api/models/{repo}/auth-check{suffix}", headers=headers)
+        return status, answer_headers.get("X-Error-Code")
+
+    assert check("org/name") == (200, None)
+    assert check("org/gated") == (401, "GatedRepo")
+    assert check("org/gated", bad) == (403, "GatedRepo")
+    assert check("org/gated", good) == (200, None)
+    assert check("org/private") == (401, "RepoNotFound")
+    assert check("org/private", bad) == (404, "RepoNotFound")
+    assert check("org/private", good) == (200, None)
+    assert check("org/missing") == (401, "RepoNotFound")
+    assert check("org/name", good, "/write")[0] == 403  # emulator tokens are read tokens
+    assert check("org/name", good, "/other")[0] == 404
+
+
+def test_repo_listings(client: Path) -> None:
+    with HubEmulator(list_page_size=2) as emu:
+        for i in range(5):
+            emu.add_repo("model", f"org/m{i}", {"a.txt": b"a"})
+        emu.add_repo("model", "org/secret", {"a.txt": b"a"}, private=True)
+        emu.add_repo("model", "org/gated", {"a.txt": b"a"}, gated="manual")
+        emu.add_repo("model", "other/m", {"a.txt": b"a"})
+        emu.add_repo("model", "legacy", {"a.txt": b"a"})
+        emu.add_repo("dataset", "org/d", {"a.csv": b"a"})
+        emu.add_repo("space", "org/s", {"app.py": b""})
+        api = HfApi(endpoint=emu.url)
+
+        public = ["org/gated", "org/m0", "org/m1", "org/m2", "org/m3", "org/m4"]
+        assert [m.id for m in api.list_models(author="org")] == public
+        assert emu.count(path_contains="cursor=") == 2  # 6 repos at 2 a page: 3 pages
+        assert [m.id for m in api.list_models(author="org", token="hf_good")] == sorted([*public, "org/secret"])
+        assert [m.id for m in api.list_models(author="org", limit=3)] == public[:3]
+        assert [m.id for m in api.list_models(search="M3")] == ["org/m3"]
+        assert [m.id for m in api.list_models(author="org", gated=True)] == ["org/gated"]
+        assert [d.id for d in api.list_datasets(author="org")] == ["org/d"]
+        assert [s.id for s in api.list_spaces(author="org")] == ["org/s"]
+        assert list(api.list_models(author="nobody")) == []
+        assert len(list(api.list_models())) == 8
+
+        (item,) = api.list_models(author="other")
+        assert item.id == "other/m" and item.siblings is None and item.sha is None
+        (item,) = api.list_models(author="other", full=True)
+        assert [s.rfilename for s in item.siblings or []] == ["a.txt"] and item.sha is not None
+        (item,) = api.list_models(author="other", expand=["sha"])
+        assert item.sha is not None and item.private is None
+
+        status, headers, body = fetch(f"{emu.url}/api/models?author=org&limit=2&sort=lastModified&direction=1")
+        assert status == 200 and len(json.loads(body)) == 2
+        link = headers["Link"]
+        assert link.startswith(f"<{emu.url}/api/models?author=org&limit=2&sort=lastModified&direction=1&cursor=")
+        assert link.endswith('>; rel="next"')
+        for bad in ("sort=nope", "limit=x", "limit=0", "direction=2", "cursor=nope", "gated=maybe"):
+            assert fetch(f"{emu.url}/api/models?{bad}")[0] == 400, bad
+        assert fetch(f"{emu.url}/api/models", "POST", body=b"")[0] == 404
+
+
+def test_refuses_what_the_hub_refuses(emu: HubEmulator) -> None:
+    base = f"{emu.url}/api/models/org/name"
+    assert fetch(f"{base}/commits/main?p=-1")[0] == 400
+    assert fetch(f"{base}/commits/main?limit=x")[0] == 400
+    assert json.loads(fetch(f"{base}/commits/main?p=5")[2]) == []
+    assert len(json.loads(fetch(f"{base}/commits/main?limit=1")[2])) == 1
+    status, headers, _ = fetch(f"{base}/commits/nope")
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+    status, headers, _ = fetch(f"{base}/tree/nope")
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+    status, headers, _ = fetch(f"{base}/revision/nope")
+    assert (status, headers["X-Error-Code"]) == (404, "RevisionNotFound")
+    for method, url in [
+        ("DELETE", base),
+        ("POST", f"{base}/tree/main"),
+        ("GET", f"{base}/refs/main"),
+        ("POST", f"{emu.url}/org/name/resolve/main/config.json"),
+        ("GET", f"{base}/unknown-op/main"),
+    ]:
+        status, headers, _ = fetch(url, method, body=b"" if method == "POST" else None)
+        assert (status, headers.get("X-Error-Code")) == (404, None), (method, url)

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
-from .repos import EPOCH, Commit, Repo, iso
-from .server import TYPE_OF_SEGMENT, HubError, HubServer, not_found, split_rev, token_of
+from .listing import list_repos
+from .repos import Commit, Repo, iso
+from .server import (
+    TYPE_OF_SEGMENT,
+    HubError,
+    HubServer,
+    decode_cursor,
+    encode_cursor,
+    not_found,
+    split_rev,
+    token_of,
+    truthy,
+)
+from .shapes import repo_data
 
-SUBROUTES = ("revision", "tree", "paths-info", "refs", "commits", "auth-check", "xet-read-token")
+SUBROUTES = ("revision", "tree", "treesize", "paths-info", "refs", "commits", "auth-check", "xet-read-token")
 ROUTES = {
     ("", "GET"),
     ("revision", "GET"),
     ("tree", "GET"),
+    ("treesize", "GET"),
     ("paths-info", "POST"),
     ("refs", "GET"),
     ("commits", "GET"),
@@ -30,44 +42,54 @@ SECURITY_STATUS = {
     "avScan": {"status": "safe"},
     "pickleImportScan": {"status": "unscanned"},
 }
+# The body types a web server (the Hub's included) decodes into form fields; any other body is
+# opaque to it. aiohttp labels a plain `str` body `text/plain`, which is how a mirror once sent a
+# paths-info form the Hub never read (see paths_info_fields).
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+JSON_TYPE = "application/json"
+MAX_COMMITS_PAGE = 1000
 
 
-def truthy(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true")
+async def paths_info_fields(request: web.Request) -> tuple[list[str], bool]:
+    """`paths` and `expand` of a paths-info POST, read only as its Content-Type says.
 
-
-def encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
+    A form (what huggingface_hub sends: repeated `paths=` and `expand=true|false`) or a JSON object
+    are decoded; a body with any other label, or none, has no fields, so it asks for no paths and
+    gets `[]`, which is what the Hub answered the mirror's `text/plain` form.
+    Undecodable forms or JSON are a 400, as a body parser refuses them.
+    """
+    if request.content_type in FORM_TYPES:
+        try:
+            form = await request.post()
+        except (ValueError, UnicodeDecodeError) as error:
+            raise HubError(400, "Invalid form body") from error
+        paths = [value for value in form.getall("paths", []) if isinstance(value, str)]
+        expand = form.get("expand")
+        return paths, isinstance(expand, str) and truthy(expand)
+    body = await request.read()
+    if request.content_type != JSON_TYPE:
+        return [], False
     try:
-        offset = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["o"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise HubError(400, "Invalid cursor") from error
-    if not isinstance(offset, int) or offset < 0:
-        raise HubError(400, "Invalid cursor")
-    return offset
+        parsed = json.loads(body) if body.strip() else {}
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HubError(400, "Invalid JSON body") from error
+    if isinstance(parsed, list):
+        return [], False  # valid JSON, but no named fields in it
+    if not isinstance(parsed, dict):
+        raise HubError(400, "Invalid JSON body: expected an object")
+    paths = parsed.get("paths", [])
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise HubError(400, "paths must be a list of strings")
+    expand = parsed.get("expand", False)
+    return paths, expand is True or (isinstance(expand, str) and truthy(expand))
 
 
 class ApiHandlers:
     def __init__(self, server: HubServer) -> None:
         self.server = server
         self.emu = server.emu
-
-    def list_repos(self, request: web.Request, repo_type: str) -> web.Response:
-        """`GET /api/models?author=org[&search=text]`: public repos, like the Hub's listing (one page)."""
-        author = request.query.get("author")
-        search = request.query.get("search", "")
-        found = [
-            {"id": repo.repo_id, "_id": repo.repo_id, "private": repo.private, "gated": repo.gated}
-            for repo in self.emu.repos()
-            if repo.repo_type == repo_type
-            and not repo.private
-            and (author is None or repo.repo_id.split("/")[0] == author)
-            and search in repo.repo_id
-        ]
-        return web.json_response(sorted(found, key=lambda r: str(r["id"])))
 
     async def dispatch(self, request: web.Request, segments: list[str]) -> web.StreamResponse:
         head = segments[0] if segments else ""
@@ -80,14 +102,18 @@ class ApiHandlers:
         repo_type = TYPE_OF_SEGMENT.get(head)
         if repo_type is None:
             raise not_found()
-        if len(segments) == 1 and reads:
-            return self.list_repos(request, repo_type)
+        if len(segments) == 1:
+            if not reads:
+                raise not_found()
+            return list_repos(self.emu, request, repo_type)
         repo_id, rest = self.server.locate(repo_type, segments[1:], lambda rest: not rest or rest[0] in SUBROUTES)
         route = rest[0] if rest else ""
         args = rest[1:]
         # HEAD is answered like GET (aiohttp drops the body), as the Hub does.
         if (route, "GET" if method == "HEAD" else method) not in ROUTES:
             raise not_found()
+        if (route == "refs" and args) or (route == "auth-check" and args not in ([], ["write"])):
+            raise not_found()  # these take no revision: `refs/main` is no route on the Hub
         repo = self.server.visible_repo(request, repo_type, repo_id)
         # Unlike resolve, a rev here may contain unencoded "/" (e.g. `revision/refs/pr/1`): join the rest.
         whole_rev = unquote("/".join(args))
@@ -98,55 +124,31 @@ class ApiHandlers:
         if route == "tree":
             rev, path_segments = split_rev(args)
             return self.tree(request, repo, rev, unquote("/".join(path_segments)))
+        if route == "treesize":
+            rev, path_segments = split_rev(args)
+            return self.treesize(repo, rev, unquote("/".join(path_segments)))
         if route == "paths-info":
-            return await self.paths_info(request, repo, self.server.commit_of(repo, whole_rev))
+            # The body is parsed before the revision is resolved, as a server's body parser runs first.
+            paths, expand = await paths_info_fields(request)
+            return self.paths_info(self.server.commit_of(repo, whole_rev), paths, expand)
         if route == "refs":
             return self.refs(request, repo)
         if route == "commits":
             return self.commits(request, repo, whole_rev)
         self.server.check_file_access(request, repo)
         if route == "auth-check":
+            if args == ["write"]:
+                # Emulator tokens are read tokens (whoami says role "read"), so none may write.
+                raise HubError(403, f"You don't have write access to {repo.repo_type} {repo.repo_id}")
             return web.json_response({})
         return self.xet_token(repo, self.server.commit_of(repo, whole_rev))
 
     # -- repo info -------------------------------------------------------------------------------
 
     def info(self, request: web.Request, repo: Repo, commit: Commit) -> web.Response:
-        with_blobs = truthy(request.query.get("blobs"))
-        siblings = []
-        for path, blob in commit.files.items():
-            sibling: dict[str, Any] = {"rfilename": path}
-            if with_blobs:
-                sibling.update(size=blob.size, blobId=blob.oid)
-                if blob.pointer is not None:
-                    sibling["lfs"] = {
-                        "size": blob.size,
-                        "sha256": blob.sha256,
-                        "pointerSize": len(blob.pointer),
-                    }
-            siblings.append(sibling)
-        author = repo.repo_id.split("/")[0] if "/" in repo.repo_id else None
-        data: dict[str, Any] = {
-            "_id": hashlib.sha1(f"{repo.repo_type}/{repo.repo_id}".encode()).hexdigest()[:24],
-            "id": repo.repo_id,
-            "author": author,
-            "sha": commit.sha,
-            "lastModified": iso(commit.date),
-            "createdAt": iso(EPOCH),
-            "private": repo.private,
-            "gated": repo.gated,
-            "disabled": False,
-            "tags": [],
-            "downloads": 0,
-            "likes": 0,
-            "siblings": siblings,
-            "xetEnabled": True,
-            "usedStorage": sum(blob.size for blob in commit.files.values()),
-        }
-        if repo.repo_type == "model":
-            data["modelId"] = repo.repo_id
-        elif repo.repo_type == "space":
-            data.update(sdk="gradio", runtime={"stage": "RUNNING", "hardware": {"current": "cpu-basic"}})
+        data = repo_data(repo, commit, blobs=truthy(request.query.get("blobs")))
+        if truthy(request.query.get("securityStatus")):
+            data["securityRepoStatus"] = {"scansDone": True, "filesWithIssues": []}
         expand = request.query.getall("expand", [])
         if expand:
             # Like the Hub, `expand` selects the returned properties instead of adding to them.
@@ -207,15 +209,7 @@ class ApiHandlers:
             headers["Link"] = f'<{url}?{query}>; rel="next"'
         return web.json_response([self.entry(commit, p, expand) for p in page], headers=headers)
 
-    async def paths_info(self, request: web.Request, repo: Repo, commit: Commit) -> web.Response:
-        body = await request.read()
-        if request.content_type == "application/json":
-            parsed = json.loads(body or b"{}")
-            paths, expand = list(parsed.get("paths", [])), bool(parsed.get("expand"))
-        else:
-            pairs = parse_qsl(body.decode(), keep_blank_values=True)
-            paths = [value for key, value in pairs if key == "paths"]
-            expand = any(key == "expand" and truthy(value) for key, value in pairs)
+    def paths_info(self, commit: Commit, paths: list[str], expand: bool) -> web.Response:
         seen: set[str] = set()
         entries = []
         for raw in paths:
@@ -224,6 +218,26 @@ class ApiHandlers:
                 seen.add(path)
                 entries.append(self.entry(commit, path, expand))
         return web.json_response(entries)
+
+    def treesize(self, repo: Repo, rev: str, path: str) -> web.Response:
+        """`GET /api/{type}/{repo}/treesize/{rev}[/{path}]`: `{"path": path, "size": bytes}`.
+
+        No huggingface_hub call uses it; hfd.sh reads only `.size`, the total bytes of the files under
+        the path (LFS files count their content, not their pointer), to check the siblings' sizes add
+        up. The path may come `%2F`-encoded or as plain segments, like the tree's. A file path gives its
+        own size; a path that does not exist is a 404 EntryNotFound, as for the tree.
+        """
+        commit = self.server.commit_of(repo, rev)
+        path = path.strip("/")
+        blob = commit.files.get(path)
+        if blob is not None:
+            size = blob.size
+        elif not path or path in commit.dir_oids:
+            prefix = f"{path}/" if path else ""
+            size = sum(b.size for p, b in commit.files.items() if p.startswith(prefix))
+        else:
+            raise HubError(404, f'{path} does not exist on "{rev}"', "EntryNotFound", {"X-Repo-Commit": commit.sha})
+        return web.json_response({"path": path, "size": size})
 
     def refs(self, request: web.Request, repo: Repo) -> web.Response:
         branches, tags, prs = repo.refs()
@@ -240,11 +254,11 @@ class ApiHandlers:
 
     def commits(self, request: web.Request, repo: Repo, rev: str) -> web.Response:
         history = list(self.server.commit_of(repo, rev).history())
-        try:
-            page = int(request.query.get("p", "0"))
-        except ValueError as error:
-            raise HubError(400, "Invalid page") from error
-        size = self.emu.commits_page_size
+        page = self.whole_number(request, "p", 0)
+        # `limit` sets the page size (capped); a page past the end is an empty list, not an error.
+        size = min(self.whole_number(request, "limit", self.emu.commits_page_size), MAX_COMMITS_PAGE)
+        if size == 0:
+            raise HubError(400, "Invalid limit: 0")
         formatted = "formatted" in request.query.getall("expand[]", [])
         items = []
         for commit in history[page * size : (page + 1) * size]:
@@ -264,6 +278,15 @@ class ApiHandlers:
             url = f"{self.emu.url}/api/{repo.api_segment}/{repo.repo_id}/commits/{quote(rev, safe='')}"
             headers["Link"] = f'<{url}?{urlencode(params)}>; rel="next"'
         return web.json_response(items, headers={**headers, "X-Total-Count": str(len(history))})
+
+    @staticmethod
+    def whole_number(request: web.Request, name: str, default: int) -> int:
+        value = request.query.get(name)
+        if value is None:
+            return default
+        if not (value.isascii() and value.isdigit()):
+            raise HubError(400, f"Invalid {name}: {value[:50]}")
+        return int(value)
 
     # -- auth ------------------------------------------------------------------------------------
 

@@ -37,11 +37,13 @@ class HubEmulator:
         expand_page_size: int = 50,
         lfs_threshold: int = 10_000,
         commits_page_size: int = 50,
+        list_page_size: int = 1000,
     ) -> None:
         self.page_size = page_size
         self.expand_page_size = expand_page_size
         self.lfs_threshold = lfs_threshold
         self.commits_page_size = commits_page_size
+        self.list_page_size = list_page_size  # repo listings without `limit`
         self.faults = Faults()
         self.users: dict[str, str] = {}  # extra token -> user name for whoami
         self._repos: dict[tuple[str, str], Repo] = {}

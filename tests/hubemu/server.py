@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import mimetypes
 import re
 import time
@@ -51,7 +53,28 @@ class HubError(Exception):
 
 
 def not_found() -> HubError:
+    # Unknown routes, and methods a route lacks, get a plain 404 with no X-Error-Code, so the client
+    # raises a bare HfHubHTTPError (no client or protocol note shows the Hub sending a 405 instead).
     return HubError(404, "Not Found")
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true")
+
+
+def encode_cursor(offset: int) -> str:
+    """An opaque pagination cursor, as the Hub's `cursor=` values are (clients only copy the Link)."""
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["o"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise HubError(400, "Invalid cursor") from error
+    if not isinstance(offset, int) or offset < 0:
+        raise HubError(400, "Invalid cursor")
+    return offset
 
 
 def token_of(request: web.Request) -> str | None:
