@@ -11,8 +11,9 @@ REPO_TYPES = ("model", "dataset", "space")
 API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Used with fullmatch: `$` alone would accept a trailing newline ("org/m\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,95}")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 MAX_PATH_LENGTH = 1024
 MAX_REVISION_LENGTH = 256
 
@@ -44,7 +45,7 @@ class RepoRef:
 
 def validate_repo_id(repo_id: str) -> str:
     parts = repo_id.split("/")
-    if not 1 <= len(parts) <= 2 or not all(_NAME_RE.match(p) for p in parts):
+    if not 1 <= len(parts) <= 2 or not all(_NAME_RE.fullmatch(p) for p in parts):
         raise BadRequest(f"Invalid repo id {repo_id[:200]!r}: expected 'name' or 'namespace/name'")
     for part in parts:
         if "--" in part or ".." in part or part.endswith((".", "-")) or part.endswith(".git"):
@@ -77,4 +78,4 @@ def validate_file_path(path: str) -> str:
 
 
 def is_commit(revision: str) -> bool:
-    return bool(COMMIT_RE.match(revision))
+    return bool(COMMIT_RE.fullmatch(revision))

@@ -36,6 +36,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 BAD_PATHS = [
+    "/org/m%0A/resolve/main/w.bin",  # a trailing newline in a repo name
+    "/api/models/org/m%0A",
     "/org/m/resolve/main/../../../etc/passwd",
     "/org/m/resolve/main/%2e%2e/%2e%2e/etc/passwd",
     "/org/m/resolve/main/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",

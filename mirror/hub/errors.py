@@ -35,8 +35,12 @@ def error_response(error: HubError) -> web.Response:
 async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
+    except web.HTTPException as exc:
         _cut_if_started(request)
+        if exc.status >= 400 and request.writer is not None and request.writer.output_size == 0:
+            # aiohttp's own answers (no route, method not allowed) in the Hub's shape too.
+            kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+            return error_response(HubError(exc.reason or "error", status=exc.status, headers=kept))
         raise
     except (ConnectionResetError, OSError) as exc:
         # The client went away while we were answering: nothing to send.

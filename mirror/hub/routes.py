@@ -48,4 +48,5 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # [\s\S], not `.`: a decoded %0A in a path must reach dispatch (and its 400), not the router's 404.
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", dispatch)
