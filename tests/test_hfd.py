@@ -15,28 +15,22 @@ The script is not vendored: its requests are replayed here exactly, with the rea
    `$HF_ENDPOINT/[datasets/]{id}/resolve/{rev}/{path}` with ` dir=`, ` out=` and
    ` header=Authorization: Bearer $HF_TOKEN`. `--include`/`--exclude` filter paths client-side.
 
-Both listing paths (2 and 3) are replayed on every run and must agree. The emulator may not answer
-treesize (yet): `HubFront` answers it from the emulator's repo info and forwards everything else.
+Both listing paths (2 and 3) are replayed on every run and must agree.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
-import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator
@@ -55,136 +49,19 @@ FILES = {
 }
 DATASET = {"data/train.csv": b"a,b\n1,2\n", "README.md": b"# data\n"}
 TOOL_TIMEOUT = 120
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
-
-
-class HubFront:
-    """An upstream in front of the emulator: `routes` answered here, everything else forwarded as is.
-
-    For endpoints the emulator lacks; links and redirects that name the emulator are rewritten to
-    name this front, so that the mirror only ever sees one upstream origin.
-    """
-
-    def __init__(self, hub: HubEmulator, routes: dict[str, Handler] | None = None) -> None:
-        self.hub = hub
-        self.routes = routes or {}
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def fetch_json(self, request: web.Request, path: str) -> tuple[int, object]:
-        """GET an emulator path with the caller's Authorization: (status, parsed JSON or None)."""
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        async with self._session.get(self.hub.url + path, headers=headers) as resp:
-            body = await resp.read()
-            return resp.status, json.loads(body) if resp.status == 200 else None
-
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        body = await request.read()
-        try:
-            upstream = await self._session.request(
-                request.method,
-                self.hub.url + request.rel_url.raw_path_qs,
-                headers=headers,
-                data=body or None,
-                allow_redirects=False,
-            )
-        except aiohttp.ClientError:
-            raise web.HTTPBadGateway() from None
-        async with upstream:
-            out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in upstream.headers.items():
-                if name.lower() in HOP_BY_HOP:
-                    continue
-                if name.lower() in ("link", "location"):
-                    value = value.replace(self.hub.url, self.url)
-                out.headers.add(name, value)
-            await out.prepare(request)
-            if request.method != "HEAD":
-                try:
-                    async for chunk in upstream.content.iter_chunked(64 * 1024):
-                        await out.write(chunk)
-                except aiohttp.ClientError:
-                    request.transport.close()  # type: ignore[union-attr]  # cut, as upstream did
-                    return out
-            await out.write_eof()
-            return out
-
-    def __enter__(self) -> HubFront:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application()
-        for pattern, handler in self.routes.items():
-            app.router.add_route("*", pattern, handler)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def _stop(self) -> None:
-        assert self._runner is not None and self._session is not None
-        await self._runner.cleanup()
-        await self._session.close()
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-
-def treesize_route(front: Callable[[], HubFront], calls: list[str]) -> Handler:
-    """`GET /api/{type}/{ns}/{name}/treesize/{rev}[/{path}]` -> `{"path", "size"}`, summed from siblings."""
-
-    async def treesize(request: web.Request) -> web.Response:
-        calls.append(request.rel_url.raw_path)
-        info = request.match_info
-        rev, _, path = info["rest"].partition("/")
-        rev, path = unquote(rev), unquote(path).strip("/")
-        status, data = await front().fetch_json(
-            request, f"/api/{info['type']}/{info['ns']}/{info['name']}/revision/{rev}?blobs=true"
-        )
-        if status != 200 or not isinstance(data, dict):
-            raise web.HTTPBadGateway() if status >= 500 else web.HTTPNotFound()
-        prefix = f"{path}/" if path else ""
-        sizes = [s["size"] for s in data["siblings"] if s["rfilename"] == path or s["rfilename"].startswith(prefix)]
-        if path and not sizes:
-            raise web.HTTPNotFound(headers={"X-Error-Code": "EntryNotFound"})
-        return web.json_response({"path": path, "size": sum(sizes)})
-
-    return treesize
 
 
 @dataclass
 class World:
     hub: HubEmulator
-    front: HubFront
-    treesize_calls: list[str]
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    calls: list[str] = []
     with HubEmulator() as hub:
-        holder: list[HubFront] = []
-        routes = {"/api/{type}/{ns}/{name}/treesize/{rest:.*}": treesize_route(lambda: holder[0], calls)}
-        with HubFront(hub, routes) as front:
-            holder.append(front)
-            hub.add_repo("model", "org/hfd", FILES, gated="manual", tokens=(TOKEN,))
-            hub.add_repo("dataset", "org/hfd-data", DATASET)
-            yield World(hub, front, calls)
+        hub.add_repo("model", "org/hfd", FILES, gated="manual", tokens=(TOKEN,))
+        hub.add_repo("dataset", "org/hfd-data", DATASET)
+        yield World(hub)
 
 
 def tool(name: str) -> str:
@@ -323,7 +200,7 @@ def api_requests(mirror: MirrorThread) -> list[str]:
 
 
 def test_hfd_downloads_a_gated_model_with_aria2c(world: World, tmp_path: Path) -> None:
-    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    mirror = start_mirror(world.hub.url, tmp_path / "mirror-cache")
     try:
         out = hfd(mirror.url, "org/hfd", tmp_path / "hfd", token=TOKEN, exclude=r"^many/")
         # The siblings add up to the treesize, so hfd would skip the walk; the walk agrees.
@@ -341,13 +218,13 @@ def test_hfd_downloads_a_gated_model_with_aria2c(world: World, tmp_path: Path) -
         assert world.hub.count(path_contains="xet-read-token") == 0
         # Treesize is asked of upstream once per commit, however often clients ask.
         run(tool("curl"), "-sSL", *auth(TOKEN), f"{mirror.url}/api/models/org/hfd/treesize/main")
-        assert len(world.treesize_calls) == 1
+        assert world.hub.count(path_contains="/treesize/") == 1
     finally:
         mirror.stop()
 
 
 def test_hfd_without_a_token_is_refused_the_gated_files(world: World, tmp_path: Path) -> None:
-    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    mirror = start_mirror(world.hub.url, tmp_path / "mirror-cache")
     try:
         proc = run(
             tool("curl"), "-s", "-o", os.devnull, "-w", "%{http_code}", f"{mirror.url}/org/hfd/resolve/main/config.json"
@@ -358,7 +235,7 @@ def test_hfd_without_a_token_is_refused_the_gated_files(world: World, tmp_path: 
 
 
 def test_hfd_downloads_a_dataset(world: World, tmp_path: Path) -> None:
-    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache")
+    mirror = start_mirror(world.hub.url, tmp_path / "mirror-cache")
     try:
         out = hfd(mirror.url, "org/hfd-data", tmp_path / "data", dataset=True)
         assert out.treesize == sum(len(v) for v in DATASET.values())
@@ -380,7 +257,7 @@ def test_hfd_runs_again_with_upstream_down(world: World, tmp_path: Path) -> None
     """
     # TTLs of 0: every request revalidates with upstream, so the outage is met on every call.
     ttl = {"revision_ttl": 0, "access_ttl": 0, "refs_ttl": 0}
-    mirror = start_mirror(world.front.url, tmp_path / "mirror-cache", cache=ttl)
+    mirror = start_mirror(world.hub.url, tmp_path / "mirror-cache", cache=ttl)
     try:
         first = hfd(mirror.url, "org/hfd", tmp_path / "first", token=TOKEN, exclude=r"^many/")
         assert first.treesize == sum(len(v) for v in FILES.values())

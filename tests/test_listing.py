@@ -7,9 +7,7 @@ token's private repos listed for that token alone, as the Hub does.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from aiohttp import web
 from tests.client import run_client
 from tests.conftest import start_mirror
 from tests.mirror_server import MirrorThread
+from tests.stub_upstream import StubServer
 
 OWNER_TOKEN = "hf_owner_token_123"
 PAGE = 2
@@ -32,18 +31,20 @@ REPOS = {
 PRIVATE = {"model": "org/secret"}
 
 
-class ListingHub:
+class ListingHub(StubServer):
     """`GET /api/{models,datasets,spaces}` as the Hub answers it, and nothing else."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[tuple[str, str | None]] = []  # (path and query, Authorization)
         self.down = False
         # Where next-page links point; None: at this server, like the Hub's own links.
         self.link_origin: str | None = None
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/{type:models|datasets|spaces}", self._list)
+        return app
 
     async def _list(self, request: web.Request) -> web.Response:
         self.requests.append((request.rel_url.raw_path_qs, request.headers.get("Authorization")))
@@ -67,27 +68,6 @@ class ListingHub:
             headers["Link"] = f'<{origin}/api/{request.match_info["type"]}?{query}>; rel="next"'
         items = [{"id": n, "private": n in PRIVATE.values(), "xetEnabled": True} for n in page]
         return web.json_response(items, headers=headers)
-
-    def __enter__(self) -> ListingHub:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/api/{type:models|datasets|spaces}", self._list)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 @pytest.fixture

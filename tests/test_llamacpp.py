@@ -12,7 +12,7 @@ Replayed with curl, header for header, from llama.cpp's sources:
   (one page, files only), then `HEAD` and `GET` at `{endpoint}{repo}/resolve/{commit}/{path}`, with
   `User-Agent: llama-cpp/<build>`; the token only when it looks like one (`hf_` + 34 or more letters and digits).
 
-The emulator does not answer the manifest route: `HubFront` (tests/test_hfd.py) answers it from the
+The emulator does not answer the manifest route: `HubFront` (tests/stub_upstream.py) answers it from the
 emulator's tree the way the Hub does for llama.cpp, and forwards everything else.
 """
 
@@ -31,7 +31,8 @@ from aiohttp import web
 
 from tests.conftest import start_mirror
 from tests.hubemu import HubEmulator
-from tests.test_hfd import HubFront, run, tool
+from tests.stub_upstream import HubFront
+from tests.test_hfd import run, tool
 
 REPO = "org/tiny-GGUF"
 TOKEN = "hf_" + "a1B2c3D4e5" * 4  # shaped like a Hub token, so current llama.cpp sends it

@@ -8,10 +8,8 @@ behaves like the Hub on exactly this point, which the emulator (parsing any body
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from mirror.repo import RepoRef
 from tests.client import run_client
 from tests.conftest import start_mirror
 from tests.mirror_server import MirrorThread
+from tests.stub_upstream import StubServer
 
 REPO = "org/strict"
 COMMIT = "c" * 40
@@ -43,21 +42,18 @@ def _entries() -> dict[str, dict[str, Any]]:
     return entries
 
 
-class StrictHub:
+class StrictHub(StubServer):
     """The few Hub API routes paths-info needs, parsing request bodies by Content-Type only."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.paths_info_content_types: list[str] = []
         self.tree_calls = 0
         # A broken upstream answers [] to every paths-info call, whatever it is asked.
         self.answer_empty = False
         self.down = False
-        self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    def _app(self) -> web.Application:
+    def app(self) -> web.Application:
         app = web.Application()
         base = f"/api/models/{REPO}"
         app.router.add_get(base, self._info)
@@ -92,25 +88,6 @@ class StrictHub:
             paths = []
         entries = _entries()
         return web.json_response([entries[p] for p in paths if p in entries])
-
-    def __enter__(self) -> StrictHub:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 @pytest.fixture
