@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from mirror.admin.routes import SCHEDULER, SYNC, add_admin_routes
-from mirror.cache.peers import Peers
+from mirror.cache.blobs.peers import Peers
 from mirror.config import Config
 from mirror.hub.errors import hub_errors
 from mirror.hub.observe import observe

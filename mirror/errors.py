@@ -46,7 +46,7 @@ class PreconditionFailed(HubError):
 
 
 class ResumeRefused(HubError):
-    """A Range request for a blob that clients may hold bad bytes of (see cache/poison.py)."""
+    """A Range request for a blob that clients may hold bad bytes of (see cache/blobs/poison.py)."""
 
     status = 409
     code = "ResumeRefused"

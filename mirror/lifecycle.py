@@ -5,7 +5,7 @@ stuck writing to a slow client does not end when aiohttp cancels it, so without 
 lasts about twice aiohttp's timeout. Here the grace starts when shutdown does: requests still
 running at its end have their connections cut (the client sees a short body and resumes
 elsewhere), and fills whose verified bytes are being published get until the same moment to
-finish (cache/fill.py `Filler.close`), so a download that completed just before the signal is
+finish (cache/blobs/fill.py `Filler.close`), so a download that completed just before the signal is
 kept in the cache.
 """
 

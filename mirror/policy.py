@@ -19,7 +19,7 @@ from typing import Any
 
 from mirror.cache import keys
 from mirror.cache.records import Records
-from mirror.cache.revisions import STALE_WAIT, Revalidator
+from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import GatedRepo, HubError, RepoNotFound, UpstreamUnavailable
 from mirror.repo import RepoRef

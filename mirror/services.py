@@ -8,16 +8,16 @@ import aiohttp
 from aiohttp import web
 
 from mirror.admin.allowlist import AllowList
-from mirror.cache.blobs import Blobs
-from mirror.cache.entries import Entries
-from mirror.cache.fill import Filler
-from mirror.cache.leases import FillLeases
-from mirror.cache.metadata import Metadata
-from mirror.cache.peers import Peers
-from mirror.cache.poison import PoisonLedger
+from mirror.cache.blobs.blobs import Blobs
+from mirror.cache.blobs.fill import Filler
+from mirror.cache.blobs.leases import FillLeases
+from mirror.cache.blobs.peers import Peers
+from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.metadata.entries import Entries
+from mirror.cache.metadata.listings import Metadata
+from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
-from mirror.cache.revisions import Revisions
 from mirror.config import Config
 from mirror.metrics import Metrics
 from mirror.policy import AccessPolicy

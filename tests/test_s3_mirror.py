@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from mirror.cache import fill as fill_module
 from mirror.cache import keys
+from mirror.cache.blobs import fill as fill_module
 from mirror.config import ConfigError, load_config
 from mirror.storage.s3 import MIN_PART_SIZE
 from tests.client import run_client

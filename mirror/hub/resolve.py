@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from mirror.cache.blobs import BlobBody
-from mirror.cache.entries import FileEntry
-from mirror.cache.peers import PEER_HEADER
+from mirror.cache.blobs.blobs import BlobBody
+from mirror.cache.blobs.peers import PEER_HEADER
+from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import PreconditionFailed, ResumeRefused
 from mirror.hub.conditional import precondition_status, range_applies
 from mirror.hub.errors import error_response

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from mirror.cache.entries import FileEntry
-from mirror.cache.leases import Lease
+from mirror.cache.blobs.leases import Lease
+from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import UpstreamUnavailable
 from mirror.metrics import Metrics
 from mirror.upstream import normalise_etag

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror.cache.entries import FileEntry
-from mirror.cache.fill import Fill, Filler
-from mirror.cache.peers import Peers
+from mirror.cache.blobs.fill import Fill, Filler
+from mirror.cache.blobs.peers import Peers
+from mirror.cache.metadata.entries import FileEntry
 from mirror.storage import Storage
 
 
@@ -38,7 +38,7 @@ class Blobs:
         return self.filler.finished(entry.blob_key) is not None or await self.is_stored(entry)
 
     async def resume_unsafe(self, entry: FileEntry) -> bool:
-        """Whether Range requests for this blob must get the whole file (see cache/poison.py)."""
+        """Whether Range requests for this blob must get the whole file (see cache/blobs/poison.py)."""
         return self.filler.poison is not None and await self.filler.poison.resume_unsafe(entry.etag)
 
     async def is_stored(self, entry: FileEntry) -> bool:

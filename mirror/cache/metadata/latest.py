@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mirror.cache.records import Records
-from mirror.cache.revisions import STALE_WAIT, Revalidator
+from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import UpstreamUnavailable
 from mirror.tokens import fingerprint

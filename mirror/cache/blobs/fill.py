@@ -22,9 +22,9 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from mirror.cache.entries import FileEntry
-from mirror.cache.leases import FillLeases, Lease, LeaseUnavailable
-from mirror.cache.poison import PoisonLedger
+from mirror.cache.blobs.leases import FillLeases, Lease, LeaseUnavailable
+from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.metadata.entries import FileEntry
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats

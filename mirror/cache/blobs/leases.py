@@ -3,7 +3,7 @@
 A replica about to fill a blob creates `leases/fills/<blob key>.json` with a conditional write
 (Storage.create_exclusive), naming itself and the URL the other replicas reach it at, and renews it
 while the fill runs. A replica that finds a live lease of another one streams the blob from that
-replica instead of fetching it again (cache/peers.py), so concurrent cold requests on several
+replica instead of fetching it again (cache/blobs/peers.py), so concurrent cold requests on several
 replicas cause one upstream fetch.
 
 Leases only save upstream traffic; correctness never depends on them. Blobs are content-addressed

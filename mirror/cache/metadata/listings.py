@@ -6,7 +6,7 @@ commit: a paths-info answer that leaves out paths the commit's tree lists is ups
 is never kept. Trees are fetched whole from upstream, across its pages, so the mirror can page them
 itself with links to its own origin. Refs, repo listings and llama.cpp manifests change, so they
 are cached for a TTL and the last answer is kept for when upstream is slow or down
-(`cache/latest.py`).
+(`cache/metadata/latest.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 from mirror.cache import keys
-from mirror.cache.latest import LatestAnswers
+from mirror.cache.metadata.latest import LatestAnswers
+from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.records import Records
-from mirror.cache.revisions import STALE_WAIT, Revisions
+from mirror.cache.revalidate import STALE_WAIT
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import EntryNotFound, UpstreamError, UpstreamUnavailable
 from mirror.metrics import LogLimit

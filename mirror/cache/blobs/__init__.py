@@ -1,0 +1,1 @@
+"""Blobs: serving content-addressed bytes from storage, or filling them from upstream."""

@@ -1,0 +1,1 @@
+"""Metadata: which commit a revision names, which blob a file at a commit is, and listings."""
