@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from mirror.admin.allowlist import AllowList
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
 from mirror.cache.blobs.leases import FillLeases
@@ -20,7 +19,8 @@ from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
 from mirror.config import Config
 from mirror.metrics import Metrics
-from mirror.policy import AccessPolicy
+from mirror.policy import AccessPolicy, Policy
+from mirror.policy.allowlist import AllowList
 from mirror.storage import Storage
 from mirror.sync.pins import Pins
 from mirror.upstream import Upstream
@@ -32,7 +32,7 @@ class Services:
     storage: Storage
     upstream: Upstream
     records: Records
-    policy: AccessPolicy
+    policy: Policy
     revisions: Revisions
     entries: Entries
     filler: Filler
@@ -53,9 +53,9 @@ class Services:
         metrics = upstream.metrics or Metrics()
         records = Records(storage, metrics=metrics)
         stale_wait = config.cache.stale_wait
-        policy = AccessPolicy(upstream, records, config.cache.access_ttl, stale_wait=stale_wait)
+        access = AccessPolicy(upstream, records, config.cache.access_ttl, stale_wait=stale_wait)
         revisions = Revisions(upstream, records, config.cache.revision_ttl, stale_wait=stale_wait)
-        revisions.observers.append(policy.observe)
+        revisions.observers.append(access.observe)
         allowlist = AllowList(
             records,
             enforce=config.policy.enforce_allowlist,
@@ -74,7 +74,7 @@ class Services:
             storage=storage,
             upstream=upstream,
             records=records,
-            policy=policy,
+            policy=Policy(allowlist, access),
             revisions=revisions,
             entries=Entries(upstream, records),
             filler=filler,

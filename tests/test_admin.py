@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from mirror.admin.allowlist import ALLOWLIST_KEY
 from mirror.cache import keys
 from mirror.sync import jobs
 from tests.client import run_client
@@ -409,7 +408,7 @@ def test_admin_input_is_bounded(admin_mirror: MirrorThread, caplog: pytest.LogCa
 
 def test_stored_duplicates_are_dropped_on_load(admin_mirror: MirrorThread) -> None:
     stored = {**entry("org/m", revisions=["main"] * 10_000, include=["*.json"] * 100), "id": "0123456789ab"}
-    admin_mirror.call(admin_mirror.services.records.put(ALLOWLIST_KEY, {"entries": [stored]}))
+    admin_mirror.call(admin_mirror.services.records.put(keys.ALLOWLIST, {"entries": [stored]}))
     _, entries, _ = call(admin_mirror.url, "GET", "/admin/allowlist")
     assert [(e["revisions"], e["include"]) for e in entries] == [(["main"], ["*.json"])]
 

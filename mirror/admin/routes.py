@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mirror.admin.allowlist import AllowEntry
 from mirror.errors import BadRequest, HubError, NotFound
 from mirror.hub.api import read_body
+from mirror.policy.allowlist import AllowEntry
 from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id
 from mirror.services import SERVICES
 from mirror.sync.jobs import SyncManager, forget_repo

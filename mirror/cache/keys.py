@@ -20,6 +20,9 @@ def blob_key(etag: str) -> str:
     return f"blobs/{algo}/{etag[:2]}/{etag}"
 
 
+ALLOWLIST = "admin/allowlist.json"
+
+
 def poison_key(etag: str) -> str:
     """The record that some upstream copy of this blob failed verification after bytes of it went out."""
     algo = "sha256" if len(etag) == 64 else "sha1"

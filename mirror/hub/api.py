@@ -206,7 +206,7 @@ async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamRespo
     services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
     repo = target.repo
-    await services.allowlist.check(repo)
+    await services.policy.check_listed(repo)
     if target.op == "xet-read-token":
         raise NotFound("xet is not served by this mirror; download over HTTP (the mirror strips xet headers)")
     if target.op == "auth-check":

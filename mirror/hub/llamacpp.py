@@ -28,7 +28,6 @@ async def handle_manifest(request: web.Request, target: ManifestTarget) -> web.R
         raise MethodNotAllowed(request.method, ("GET", "HEAD"))
     services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
-    await services.allowlist.check(target.repo)
     # The manifest names files, like a tree listing: metadata, readable wherever repo info is.
     await services.policy.check(target.repo, token, files=False)
     data = await services.metadata.llamacpp_manifest(target.repo, target.tag, token)

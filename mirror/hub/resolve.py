@@ -55,7 +55,6 @@ def file_headers(entry: FileEntry) -> dict[str, str]:
 async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.StreamResponse:
     services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
-    await services.allowlist.check(target.repo)
     await services.policy.check(target.repo, token, files=True)
     commit = await services.revisions.resolve(target.repo, target.revision, token)
     entry = await services.entries.get(target.repo, commit, target.path, token)

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from mirror.admin.allowlist import AllowEntry, AllowList
 from mirror.errors import BadRequest, HubError, NotFound, RepoNotFound
+from mirror.policy.allowlist import AllowEntry, AllowList
 from mirror.repo import RepoRef, is_commit
 from mirror.services import Services
 from mirror.sync.bandwidth import Bandwidth

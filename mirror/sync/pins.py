@@ -11,8 +11,8 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from mirror.admin.allowlist import AllowList
 from mirror.cache.records import Records
+from mirror.policy.allowlist import AllowList
 from mirror.repo import RepoRef
 
 RELOAD_SECONDS = 5.0

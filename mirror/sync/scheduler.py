@@ -14,11 +14,11 @@ import secrets
 import socket
 import time
 
-from mirror.admin.allowlist import AllowList
 from mirror.cache.records import Records
 from mirror.config import SyncConfig
 from mirror.errors import StorageError
 from mirror.metrics import Metrics
+from mirror.policy.allowlist import AllowList
 from mirror.sync.jobs import SyncManager, entry_state_key
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mirror.cache import keys
 from mirror.cache.records import Records
 from mirror.errors import BadRequest, RepoNotFound
 from mirror.repo import REPO_TYPES, RepoRef, validate_revision
 
-ALLOWLIST_KEY = "admin/allowlist.json"
 RELOAD_SECONDS = 5.0
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9._\-*?\[\]]{1,96}(/[A-Za-z0-9._\-*?\[\]]{1,96})?$")
 _INTERVAL_RE = re.compile(r"^(\d+)\s*([smhd])$")
@@ -164,7 +164,7 @@ class AllowList:
         return list(self._entries)
 
     async def _reload(self) -> None:
-        data = await self.records.get(ALLOWLIST_KEY) or {"entries": []}
+        data = await self.records.get(keys.ALLOWLIST) or {"entries": []}
         self._entries = [_stored_entry(e) for e in data["entries"]]
         self._loaded_at = self.clock()
 
@@ -212,6 +212,6 @@ class AllowList:
         return found
 
     async def _save(self, entries: list[AllowEntry]) -> None:
-        await self.records.put(ALLOWLIST_KEY, {"entries": [e.to_json() for e in entries]})
+        await self.records.put(keys.ALLOWLIST, {"entries": [e.to_json() for e in entries]})
         self._entries = entries
         self._loaded_at = self.clock()
