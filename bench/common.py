@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import statistics
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,18 +95,6 @@ def sha256_rate_mb_per_s(data: bytes) -> float:
     start = time.perf_counter()
     hashlib.sha256(data).hexdigest()
     return len(data) / MB / (time.perf_counter() - start)
-
-
-def metric(base_url: str, name: str) -> float:
-    """Sum of every sample of one Prometheus metric from the mirror's /metrics."""
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{re.escape(name)}(?:{{[^}}]*}})?\s+(\S+)", line)
-        if match:
-            total += float(match.group(1))
-    return total
 
 
 def median(values: list[float]) -> float:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.mirror_server import free_port
+from testbed.mirror_server import free_port
 
 OLAH_VENV = Path(os.environ.get("BENCH_OLAH_VENV", Path.home() / ".cache" / "hub-mirror-bench" / "olah-venv"))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import scenarios
 from bench.common import MIB, Results, Row, fmt_ratio, fmt_value
 from bench.refs import Nginx, ensure_olah
-from tests.hubemu import HubEmulator
+from testbed.hubemu import HubEmulator
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

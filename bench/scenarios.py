@@ -21,14 +21,13 @@ from bench.common import (
     curl,
     curl_parallel,
     median,
-    metric,
     peak_rss_mib,
     sha256_rate_mb_per_s,
 )
 from bench.load import run_load
 from bench.refs import Nginx, Olah
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorProcess
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorProcess
 
 BIG_REPO = "bench/big"
 BIG_FILE = "w.safetensors"
@@ -264,7 +263,7 @@ def coalescing(ctx: Ctx) -> None:
         ctx.hub.clear_requests()
         with mirror(ctx, cache) as m:
             par = curl_parallel(file_url(m.url), s.clients, size)
-            upstream = metric(m.url, "hub_mirror_upstream_bytes_total")
+            upstream = m.metric("hub_mirror_upstream_bytes_total")
         shutil.rmtree(cache, ignore_errors=True)
         ratios["mirror"].append(upstream / size)
         rates["mirror"].append(par.aggregate_mb_per_s)
@@ -418,7 +417,7 @@ print(time.perf_counter() - start)
 
 
 def boto3_seconds(script: str, server_endpoint: str, bucket: str, key: str, *extra: str) -> list[str]:
-    from tests.s3server import ACCESS_KEY, SECRET_KEY
+    from testbed.s3server import ACCESS_KEY, SECRET_KEY
 
     return subprocess.run(
         [sys.executable, "-c", script, server_endpoint, bucket, key, ACCESS_KEY, SECRET_KEY, *extra],
@@ -430,7 +429,7 @@ def boto3_seconds(script: str, server_endpoint: str, bucket: str, key: str, *ext
 
 
 def s3(ctx: Ctx) -> None:
-    from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+    from testbed.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
     s, size, res = ctx.settings, len(ctx.data), ctx.results
     server = S3Server(ctx.root / "s3").start()

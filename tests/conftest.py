@@ -1,40 +1,31 @@
+"""Fixtures every test module may ask for: the Hub emulator, a mirror of it, an S3 cache, the old client."""
+
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mirror.config import load_config
-from mirror.storage import Storage
 from mirror.storage.s3 import MIN_PART_SIZE
-from tests.hubemu import HubEmulator
-from tests.hubemu.fixtures import hub  # noqa: F401
-from tests.mirror_server import MirrorThread
-from tests.old_client import old_python  # noqa: F401
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from testbed.s3server import S3Server
+from tests.support.mirrors import start_mirror, use_test_s3_credentials
+from tests.support.old_client import old_python  # noqa: F401
 
 SHARED_BUCKET = "hub-mirror-shared"
 
 
-def start_mirror(
-    upstream_url: str, cache_dir: Path, port: int = 0, store: Storage | None = None, **sections: dict
-) -> MirrorThread:
-    """A mirror of `upstream_url`; config `sections` override the defaults, `store` the backend."""
-    # No background upstream probe unless a test asks for one: tests count upstream requests.
-    overrides = {
-        "upstream": {"url": upstream_url, "resume_attempts": 5, "probe_interval": 0},
-        "cache": {"dir": str(cache_dir)},
-    }
-    for name, values in sections.items():
-        overrides.setdefault(name, {}).update(values)
-    return MirrorThread(load_config(None, overrides, environ={}), port, store).start()
+@pytest.fixture
+def hub() -> Iterator[HubEmulator]:
+    with HubEmulator() as emu:
+        yield emu
 
 
 @pytest.fixture
-def mirror(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:  # noqa: F811
+def mirror(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:
     server = start_mirror(hub.url, tmp_path / "mirror-cache")
     yield server
     server.stop()
@@ -49,17 +40,6 @@ def shared_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         server.close()
-
-
-def use_test_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mirror takes credentials from the standard AWS chain: here, the environment only."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture

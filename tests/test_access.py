@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import run_client
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
 
 ALICE = "hf_alice_has_access_0123456789"
 WEIGHTS = b"w" * 50_000
@@ -42,7 +42,7 @@ def test_cached_bytes_need_an_accepted_token(
     )
     url = f"{mirror.url}/org/secret/resolve/main/w.safetensors"
     assert status_of(url, ALICE) == (200, None)  # fills the cache with Alice's token
-    assert mirror.services.filler.started == 1
+    assert mirror.fills_started() == 1
 
     expected = "GatedRepo" if kind == "gated" else "RepoNotFound"
     anonymous = status_of(url)

@@ -18,10 +18,10 @@ import pytest
 
 from mirror.cache import keys
 from mirror.sync import jobs
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess, MirrorThread
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorProcess, MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 ADMIN = "admin-secret-token-42"
 WEIGHTS = os.urandom(400_000)
@@ -155,7 +155,7 @@ def test_sync_mirrors_ahead_of_demand_and_serves_with_upstream_down(
     assert job["bytes_done"] == job["bytes_total"] == len(WEIGHTS) + 2
     assert sorted(f["path"] for f in job["targets"][0]["files"]) == ["config.json", "w.safetensors"]
     assert job["targets"][0]["commit"] == repo.head()
-    storage = admin_mirror.services.storage
+    storage = admin_mirror.storage
     assert admin_mirror.call(storage.stat(keys.blob_key(sha256_hex(WEIGHTS)))) is not None
 
     hub.faults.down()
@@ -408,7 +408,7 @@ def test_admin_input_is_bounded(admin_mirror: MirrorThread, caplog: pytest.LogCa
 
 def test_stored_duplicates_are_dropped_on_load(admin_mirror: MirrorThread) -> None:
     stored = {**entry("org/m", revisions=["main"] * 10_000, include=["*.json"] * 100), "id": "0123456789ab"}
-    admin_mirror.call(admin_mirror.services.records.put(keys.ALLOWLIST, {"entries": [stored]}))
+    admin_mirror.call(admin_mirror.storage.put_bytes(keys.ALLOWLIST, json.dumps({"entries": [stored]}).encode()))
     _, entries, _ = call(admin_mirror.url, "GET", "/admin/allowlist")
     assert [(e["revisions"], e["include"]) for e in entries] == [(["main"], ["*.json"])]
 

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
 
 DATA = os.urandom(20_000)
 

@@ -22,9 +22,9 @@ from mirror import __version__
 from mirror.admin.client import AdminClient, ExitCode
 from mirror.cache import keys
 from mirror.cli import main
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess, MirrorThread, free_port
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorProcess, MirrorThread, free_port
+from tests.support.mirrors import start_mirror
 
 DATA = os.urandom(200_000)  # LFS (over the emulator's threshold), so it is stored under its sha256
 FILE = "org/cli/resolve/main/w.safetensors"

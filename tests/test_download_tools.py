@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mirror.config import load_config
-from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator, git_blob_sha1, sha256_hex
+from testbed.mirror_server import MirrorThread
 
 BIG = os.urandom(3 * 1024 * 1024 + 4321)  # LFS by size and by suffix; several aria2c 1 MiB pieces
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
@@ -148,7 +148,7 @@ def test_curl_resume_of_a_file_not_yet_cached(hub: HubEmulator, mirror: MirrorTh
     # The fill fetches the whole blob (it must hash all of it) even though the client wanted the tail.
     assert cdn_gets(hub) == 1
     assert cdn_range_starts(hub) == []
-    assert mirror.services.filler.started == 1
+    assert mirror.fills_started() == 1
     again = parse_headers(curl("-fsS", "-I", url).stdout)
     assert again["x-cache"] == "HIT", "the fill behind the ranged answer was published"
 
@@ -164,7 +164,7 @@ def test_aria2c_multi_connection_download_shares_one_fill(
     assert (tmp_path / "w.safetensors").read_bytes() == BIG
     assert not (tmp_path / "w.safetensors.aria2").exists(), "aria2c considers the download complete"
     assert file_gets(mirror, "w.safetensors") > 1, "aria2c used several connections"
-    assert mirror.services.filler.started == 1
+    assert mirror.fills_started() == 1
     assert cdn_gets(hub) == 1
 
 

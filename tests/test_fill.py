@@ -17,9 +17,10 @@ import pytest
 from mirror.cache import keys
 from mirror.storage.base import ObjectInfo
 from mirror.storage.local import LocalWriter
-from tests.client import run_client
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess, MirrorThread
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorProcess, MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 BIG = os.urandom(3 * 1024 * 1024 + 123)
 
@@ -35,7 +36,7 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
 
 def blob_published(mirror: MirrorThread, data: bytes) -> bool:
     mirror.settle()
-    return mirror.call(mirror.services.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
+    return mirror.call(mirror.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
 
 
 def cdn_gets(hub: HubEmulator) -> int:
@@ -51,7 +52,7 @@ def test_concurrent_cold_requests_share_one_upstream_fetch(hub: HubEmulator, mir
     assert all(status == 200 and body == BIG for status, body in results)
     assert cdn_gets(hub) == 1
     assert hub.count(method="HEAD", path_contains="w.safetensors") == 1
-    assert mirror.services.filler.started == 1
+    assert mirror.fills_started() == 1
 
 
 def test_upstream_drop_is_resumed_with_range(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_download_completes_before_the_publish(
     monkeypatch.setattr(LocalWriter, "commit", held_commit)
     url = f"{mirror.url}/org/big/resolve/main/w.safetensors"
     assert fetch(url) == (200, BIG)
-    assert mirror.services.filler.in_flight == 1, "still publishing"
+    assert mirror.fills_in_flight() == 1, "still publishing"
     assert not (Path(mirror.config.cache.dir) / "objects" / blob).exists()
     for method in ("HEAD", "GET"):
         with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=30) as resp:
@@ -153,27 +154,30 @@ def test_crash_mid_fill_leaves_nothing_visible(hub: HubEmulator, tmp_path: Path)
         second.stop()
 
 
-def test_upstream_down_serves_what_is_cached(hub: HubEmulator, mirror: MirrorThread, tmp_path: Path) -> None:
-    repo = hub.add_repo("model", "org/tiny", {"config.json": b"{}", "w.safetensors": BIG[:50_000]})
-    warm = run_client(mirror.url, 'out["p"] = snapshot_download("org/tiny")', tmp_path / "warm")
-    hub.faults.down()
-    mirror.services.revisions.ttl = 0  # force the branch lookup to go to (dead) upstream
-    mirror.services.revisions._fresh.clear()
-    out = run_client(
-        mirror.url,
-        """
-        out["snap"] = sorted(os.listdir(snapshot_download("org/tiny")))
-        out["file"] = open(hf_hub_download("org/tiny", "config.json"), "rb").read().decode()
-        out["uncached"] = err(hf_hub_download, "org/other", "config.json")
-        """,
-        tmp_path / "cold-client",
-    )
-    assert out["snap"] == ["config.json", "w.safetensors"]
-    assert out["file"] == "{}"
-    assert out["uncached"] == "LocalEntryNotFoundError"
-    assert Path(warm["p"]).name == repo.head()
-    status, _ = fetch(f"{mirror.url}/org/other/resolve/main/config.json")
-    assert 500 <= status < 600
+def test_upstream_down_serves_what_is_cached(hub: HubEmulator, tmp_path: Path) -> None:
+    # revision_ttl 0: every branch lookup asks upstream (dead once the cache is warm) before the last known commit.
+    mirror = start_mirror(hub.url, tmp_path / "mirror-cache", cache={"revision_ttl": 0})
+    try:
+        repo = hub.add_repo("model", "org/tiny", {"config.json": b"{}", "w.safetensors": BIG[:50_000]})
+        warm = run_client(mirror.url, 'out["p"] = snapshot_download("org/tiny")', tmp_path / "warm")
+        hub.faults.down()
+        out = run_client(
+            mirror.url,
+            """
+            out["snap"] = sorted(os.listdir(snapshot_download("org/tiny")))
+            out["file"] = open(hf_hub_download("org/tiny", "config.json"), "rb").read().decode()
+            out["uncached"] = err(hf_hub_download, "org/other", "config.json")
+            """,
+            tmp_path / "cold-client",
+        )
+        assert out["snap"] == ["config.json", "w.safetensors"]
+        assert out["file"] == "{}"
+        assert out["uncached"] == "LocalEntryNotFoundError"
+        assert Path(warm["p"]).name == repo.head()
+        status, _ = fetch(f"{mirror.url}/org/other/resolve/main/config.json")
+        assert 500 <= status < 600
+    finally:
+        mirror.stop()
 
 
 def test_slow_upstream_still_answers_within_client_timeouts(

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mirror.logs import SecretFilter, install_log_filters
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.mirrors import start_mirror
 
 ADMIN = "fuzz-admin-token-31337"
 # Not in the shape of a real hf_ token, so the log filter's hf_ pattern cannot hide a leak.

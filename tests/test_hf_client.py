@@ -17,11 +17,11 @@ from unittest import mock
 
 import pytest
 
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
-from tests.mirror_server import MirrorThread
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from testbed.hubemu import HubEmulator, git_blob_sha1, sha256_hex
+from testbed.mirror_server import MirrorThread
+from testbed.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
 WEIGHTS = os.urandom(300_000)

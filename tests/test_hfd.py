@@ -24,17 +24,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.mirrors import start_mirror
+from tests.support.tools import TOOL_TIMEOUT, run, tool
 
 TOKEN = "hf_hfd_token_0123456789abcdefghijklmnopq"
 BIG = os.urandom(3 * 1024 * 1024 + 777)  # LFS; several aria2c 1 MiB segments
@@ -48,7 +47,6 @@ FILES = {
     **MANY,
 }
 DATASET = {"data/train.csv": b"a,b\n1,2\n", "README.md": b"# data\n"}
-TOOL_TIMEOUT = 120
 
 
 @dataclass
@@ -62,22 +60,6 @@ def world() -> Iterator[World]:
         hub.add_repo("model", "org/hfd", FILES, gated="manual", tokens=(TOKEN,))
         hub.add_repo("dataset", "org/hfd-data", DATASET)
         yield World(hub)
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        # Not a skip: CI installs these, so a missing tool means the environment is broken.
-        pytest.fail(f"{name} is not on PATH; CI installs it (apt-get install curl aria2)")
-    return path
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return subprocess.run(
-        list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT + 15, check=False
-    )
 
 
 def auth(token: str | None) -> list[str]:

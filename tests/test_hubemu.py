@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
+from testbed.hubemu import HubEmulator, git_blob_sha1, sha256_hex
 
 CONFIG = b'{"model_type": "emu"}'
 WEIGHTS = bytes(range(256)) * 400  # LFS by suffix and by size

@@ -21,9 +21,9 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 import pytest
 
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator, git_blob_sha1, sha256_hex
+from testbed.mirror_server import MirrorThread
+from tests.support.mirrors import start_mirror
 
 EMPTY = b""
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.mirror_server import MirrorThread
-from tests.stub_upstream import StubServer
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
+from tests.support.stub_upstream import StubServer
 
 OWNER_TOKEN = "hf_owner_token_123"
 PAGE = 2

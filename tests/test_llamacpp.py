@@ -12,7 +12,7 @@ Replayed with curl, header for header, from llama.cpp's sources:
   (one page, files only), then `HEAD` and `GET` at `{endpoint}{repo}/resolve/{commit}/{path}`, with
   `User-Agent: llama-cpp/<build>`; the token only when it looks like one (`hf_` + 34 or more letters and digits).
 
-The emulator does not answer the manifest route: `HubFront` (tests/stub_upstream.py) answers it from the
+The emulator does not answer the manifest route: `HubFront` (tests/support/stub_upstream.py) answers it from the
 emulator's tree the way the Hub does for llama.cpp, and forwards everything else.
 """
 
@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator
-from tests.stub_upstream import HubFront
-from tests.test_hfd import run, tool
+from testbed.hubemu import HubEmulator
+from tests.support.mirrors import start_mirror
+from tests.support.stub_upstream import HubFront
+from tests.support.tools import run, tool
 
 REPO = "org/tiny-GGUF"
 TOKEN = "hf_" + "a1B2c3D4e5" * 4  # shaped like a Hub token, so current llama.cpp sends it

@@ -23,10 +23,11 @@ from mirror.errors import StorageError
 from mirror.metrics import Metrics
 from mirror.storage import LocalStorage
 from mirror.storage.base import StorageUnavailable
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
+from tests.support.storage_faults import FaultyStorage
 
 CONFIG = b'{"model_type": "tiny"}'
 WEIGHTS = os.urandom(60_000)  # LFS: served through the CDN redirect upstream
@@ -50,11 +51,6 @@ def fetch(
         return exc.code, dict(exc.headers), exc.read(), time.monotonic() - started
 
 
-def close_background(mirror: MirrorThread) -> None:
-    """Cancel refreshes still waiting on the hanging upstream (mirror/app.py's cleanup does this too)."""
-    services = mirror.services
-    for owner in (services.revisions, services.metadata, services.policy):
-        mirror.call(owner.close())
 
 
 @pytest.fixture
@@ -63,7 +59,6 @@ def stale_mirror(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:
     try:
         yield server
     finally:
-        close_background(server)
         server.stop()
 
 
@@ -81,16 +76,12 @@ def test_full_disk_does_not_block_cached_files(
     hub: HubEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = hub.add_repo("model", "org/m", {"config.json": CONFIG, "w.safetensors": WEIGHTS})
-    mirror = start_mirror(hub.url, tmp_path / "c", cache=SHORT_TTLS)
+    store = FaultyStorage(LocalStorage(tmp_path / "c"))
+    mirror = start_mirror(hub.url, tmp_path / "c", store=store, cache=SHORT_TTLS)
     try:
         warm(mirror, "org/m")
 
-        async def disk_full(key: str, data: bytes) -> None:
-            raise StorageUnavailable("local storage: cannot write: disk full")
-
-        mirror.services.storage.put_bytes = disk_full  # type: ignore[method-assign]
-        # What mirror/services.py wires when it builds Records; set here so the counter can be read.
-        mirror.services.records.metrics = mirror.services.metrics
+        store.faults.fail("put_bytes", message="disk full")  # every metadata record write fails from here
         caplog.set_level(logging.WARNING, logger="mirror.cache.records")
 
         for _ in range(3):
@@ -123,14 +114,12 @@ def test_full_disk_does_not_block_cached_files(
         assert fetch(f"{mirror.url}/api/models/org/new/tree/main?recursive=true")[0] == 200
         assert commit_records_asked() == before
 
-        registry = mirror.services.metrics.registry
-        assert (registry.get_sample_value("hub_mirror_metadata_write_failures_total") or 0) >= 10
+        assert mirror.metric("hub_mirror_metadata_write_failures_total") >= 10
         warnings = [r for r in caplog.records if "metadata record" in r.getMessage()]
         assert len(warnings) == 1, "one warning per window, not one per failed write"
     finally:
         # Room again before shutdown: the sync scheduler writes its lease as it stops.
-        vars(mirror.services.storage).pop("put_bytes", None)
-        close_background(mirror)
+        store.faults.clear()
         mirror.stop()
 
 
@@ -234,7 +223,6 @@ def test_known_access_decisions_hold_while_upstream_hangs(hub: HubEmulator, tmp_
         status, _, body, _ = fetch(url, token="hf_never_seen_before")
         assert 500 <= status < 600 and body != CONFIG, "a token never checked still needs upstream"
     finally:
-        close_background(mirror)
         mirror.stop()
 
 

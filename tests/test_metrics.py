@@ -17,10 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.logs import SecretFilter, install_log_filters
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorProcess, MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorProcess, MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 DATA = os.urandom(2_000_000)
 
@@ -122,8 +122,7 @@ def test_storage_gauges_and_readiness(hub: HubEmulator, mirror: MirrorThread) ->
     assert get(f"{mirror.url}/org/m/resolve/main/w.safetensors")[0] == 200
     mirror.settle()
     # The measurer runs every minute; ask for a scan now rather than waiting.
-    services = mirror.services
-    count, total = mirror.call(services.storage.usage("blobs/"))
+    count, total = mirror.call(mirror.storage.usage("blobs/"))
     assert (count, total) == (1, len(DATA))
 
     status, body = get(f"{mirror.url}/readyz")

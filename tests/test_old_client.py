@@ -1,6 +1,6 @@
 """The download path with the last 0.x huggingface_hub (0.36, on `requests`, no hf_xet): fleets upgrade slowly.
 
-The client lives in its own virtualenv (tests/old_client.py, fixture `old_python`).
+The client lives in its own virtualenv (tests/support/old_client.py, fixture `old_python`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, Repo, git_blob_sha1, sha256_hex
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator, Repo, git_blob_sha1, sha256_hex
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
 WEIGHTS = os.urandom(300_000)

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.client import run_client
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
 
 CONFIG = b'{"model_type": "tiny", "hidden_size": 8}'
 WEIGHTS = bytes(range(256)) * 1200  # LFS by suffix and by size

@@ -19,10 +19,10 @@ from aiohttp import web
 
 from mirror.cache import keys
 from mirror.repo import RepoRef
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.mirror_server import MirrorThread
-from tests.stub_upstream import StubServer
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
+from tests.support.stub_upstream import StubServer
 
 REPO = "org/strict"
 COMMIT = "c" * 40
@@ -115,7 +115,9 @@ def paths_info(mirror: MirrorThread, home: Path, paths: list[str]) -> list[str]:
 
 
 def stored(mirror: MirrorThread, key: str) -> Any:
-    return mirror.call(mirror.services.records.get(key))
+    """The metadata record (a JSON document) that storage holds under `key`, or None."""
+    data = mirror.call(mirror.storage.get_bytes(key))
+    return None if data is None else json.loads(data)
 
 
 def test_the_form_reaches_a_strict_upstream_as_a_form(strict: StrictHub, mirror: MirrorThread, tmp_path: Path) -> None:
@@ -164,7 +166,7 @@ def test_a_poisoned_record_from_an_older_mirror_is_never_served(
     wanted = sorted({"config.json", "sub"})
     # What an older mirror stored after the text/plain request: `[]`, as the commit's answer.
     old_key = keys.api_key(repo, COMMIT, "paths-info", json.dumps([wanted, False]))
-    mirror.call(mirror.services.records.put(old_key, {"value": []}))
+    mirror.call(mirror.storage.put_bytes(old_key, json.dumps({"value": []}).encode()))
     assert paths_info(mirror, tmp_path, ["config.json", "sub"]) == ["config.json", "sub"]
     assert strict.paths_info_content_types == [FORM]
 

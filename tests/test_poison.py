@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from mirror.cache import keys
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorThread
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 BIG = os.urandom(3 * 1024 * 1024 + 4321)
 BAD_AT = 1_500_000  # the corrupt byte: well inside the part clients receive before the hash fails
@@ -78,7 +78,7 @@ def poisoned(hub: HubEmulator, tmp_path: Path) -> tuple[MirrorThread, Path]:
 def test_the_record_outlives_a_restart(poisoned: tuple[MirrorThread, Path]) -> None:
     mirror, _ = poisoned
     try:
-        record = mirror.call(mirror.services.storage.get_bytes(keys.poison_key(GOOD)))
+        record = mirror.call(mirror.storage.get_bytes(keys.poison_key(GOOD)))
         assert record is not None and b"served_bytes" in record
     finally:
         mirror.stop()

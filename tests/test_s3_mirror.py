@@ -27,11 +27,11 @@ from mirror.cache import keys
 from mirror.cache.blobs import fill as fill_module
 from mirror.config import ConfigError, load_config
 from mirror.storage.s3 import MIN_PART_SIZE
-from tests.client import run_client
-from tests.conftest import start_mirror, use_test_s3_credentials
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess, MirrorThread, free_port
-from tests.s3server import S3Server
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorProcess, MirrorThread, free_port
+from testbed.s3server import S3Server
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror, use_test_s3_credentials
 
 BUCKET = "hub-mirror"
 MIB = 1024 * 1024
@@ -251,7 +251,7 @@ def test_two_replicas_share_one_bucket(hub: HubEmulator, s3: S3Server, tmp_path:
         assert Path(out["w"]).read_bytes() == BIG
         assert cdn_gets(hub) == cdn
         assert hub.count(method="HEAD", path_contains="/resolve/") == heads
-        assert second.services.filler.started == 0
+        assert second.fills_started() == 0
     finally:
         first.stop()
         second.stop()
@@ -290,7 +290,7 @@ def test_replicas_with_fill_leases_fetch_a_blob_from_upstream_once(
         assert cdn_gets(hub) == 1
         streamed = [metric(m.url, 'hub_mirror_peer_fills_total{outcome="streamed"}') for m in replicas]
         assert sorted(streamed)[0] == 0 and sorted(streamed)[1] >= 1
-        assert sum(m.services.filler.started for m in replicas) == 1
+        assert sum(m.fills_started() for m in replicas) == 1
         for m in replicas:
             m.settle()
         stored = object_keys(s3, prefix)
@@ -340,7 +340,7 @@ def test_a_replica_takes_over_the_fill_of_one_that_died(hub: HubEmulator, s3: S3
         hub.faults.clear()
         assert fetch(other.url + path)[:2] == (200, BIG)
         assert metric(other.url, 'hub_mirror_peer_fills_total{outcome="unreachable"}') == 1
-        assert other.services.filler.started == 1
+        assert other.fills_started() == 1
         other.settle()
         assert keys.blob_key(sha256_hex(BIG)) in object_keys(s3, prefix)
     finally:

@@ -26,9 +26,9 @@ import yaml
 from mirror.cache import keys
 from mirror.storage.local import LocalWriter
 from mirror.storage.s3 import S3Writer
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorProcess
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorProcess
+from tests.support.mirrors import start_mirror
 
 BIG = os.urandom(24 * 1024 * 1024 + 99)
 PATH = "/org/big/resolve/main/w.safetensors"
@@ -192,15 +192,15 @@ def test_shutdown_keeps_a_blob_whose_publish_is_slow(
     try:
         body, _ = get(mirror.url + PATH)
         assert body == BIG
-        assert mirror.services.filler.in_flight == 1, "the publish is still running"
-        storage_ = mirror.services.storage
+        assert mirror.fills_in_flight() == 1, "the publish is still running"
+        storage_ = mirror.storage
         mirror.stop()  # aiohttp's runner clean-up: what run_app does on SIGTERM
         stopped = True
         restarted = start_mirror(big_repo.url, tmp_path / "cache", storage=storage)
         try:
             del storage_
             key = keys.blob_key(sha256_hex(BIG))
-            assert restarted.call(restarted.services.storage.stat(key)) is not None, "the verified blob was discarded"
+            assert restarted.call(restarted.storage.stat(key)) is not None, "the verified blob was discarded"
         finally:
             restarted.stop()
     finally:

@@ -26,10 +26,10 @@ from mirror.smoke.result import SmokeResult
 from mirror.smoke.runner import child_env, run_every
 from mirror.smoke.verify import ListedFile, compare_with_reference, missing_weights, verify_files
 from mirror.smoke.worker import answer_matches
-from tests.client import run_client
-from tests.hubemu import HubEmulator, git_blob_sha1, sha256_hex
-from tests.mirror_server import MirrorThread, free_port
-from tests.tiny_qwen3vl import build_tiny_qwen3vl, repo_files
+from testbed.hubemu import HubEmulator, git_blob_sha1, sha256_hex
+from testbed.mirror_server import MirrorThread, free_port
+from tests.support.client import run_client
+from tests.support.tiny_qwen3vl import build_tiny_qwen3vl, repo_files
 
 REPO = "Qwen/Tiny-VL"
 SHARD = "model-00002-of-00004.safetensors"

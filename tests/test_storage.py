@@ -1,4 +1,4 @@
-"""Runs the storage conformance suite (tests/storage_suite.py) against every backend, plus checks
+"""Runs the storage conformance suite (tests/support/storage_suite.py) against every backend, plus checks
 that only make sense for one backend.
 
 To add a backend: append its name to BACKENDS and give it a branch in `make_store` (an isolated,
@@ -22,9 +22,9 @@ from mirror.errors import StorageError
 from mirror.storage.base import Storage, StorageUnavailable, WindowPassed
 from mirror.storage.local import LocalStorage
 from mirror.storage.s3 import MIN_PART_SIZE, S3Storage
-from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
-from tests.storage_suite import *  # noqa: F403
-from tests.storage_suite import MIB, read_all, split, write_chunks
+from testbed.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+from tests.support.storage_suite import *  # noqa: F403
+from tests.support.storage_suite import MIB, read_all, split, write_chunks
 
 BACKENDS = ["local", "s3"]
 BUCKET = "conformance"

@@ -23,9 +23,9 @@ import pytest
 from mirror.app import build_storage
 from mirror.cache import keys
 from mirror.config import load_config
-from tests.hubemu import HubEmulator, sha256_hex
-from tests.mirror_server import MirrorThread
-from tests.storage_faults import FaultyStorage, StorageFaults
+from testbed.hubemu import HubEmulator, sha256_hex
+from testbed.mirror_server import MirrorThread
+from tests.support.storage_faults import FaultyStorage, StorageFaults
 
 MIB = 1024 * 1024
 BIG = os.urandom(12 * MIB + 321)
@@ -75,7 +75,7 @@ def faulty(hub: HubEmulator, tmp_path: Path, backend: dict[str, Any]) -> Iterato
 
 
 def in_flight(server: MirrorThread) -> int:
-    return server.services.filler.in_flight
+    return server.fills_in_flight()
 
 
 def wait_no_fill(server: MirrorThread, timeout: float = 20) -> None:
@@ -86,7 +86,7 @@ def wait_no_fill(server: MirrorThread, timeout: float = 20) -> None:
 
 
 def published(server: MirrorThread, data: bytes) -> bool:
-    return server.call(server.services.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
+    return server.call(server.storage.stat(keys.blob_key(sha256_hex(data)))) is not None
 
 
 def leftovers(server: MirrorThread) -> list[str]:
@@ -95,7 +95,7 @@ def leftovers(server: MirrorThread) -> list[str]:
     if config.storage.backend == "local":
         staging = Path(config.cache.dir) / "staging"
         return [p.name for p in staging.iterdir()] if staging.exists() else []
-    storage: Any = server.services.storage
+    storage: Any = server.storage
     inner = storage.inner
     uploads = inner.client.list_multipart_uploads(Bucket=inner.bucket, Prefix=inner.prefix)
     return [u["Key"] for u in uploads.get("Uploads", [])]

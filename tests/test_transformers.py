@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import run_client
-from tests.hubemu import HubEmulator
-from tests.mirror_server import MirrorThread
-from tests.tiny_qwen3vl import build_tiny_qwen3vl, repo_files
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.tiny_qwen3vl import build_tiny_qwen3vl, repo_files
 
 REPO = "Qwen/Tiny-VL"
 LOAD = f"""

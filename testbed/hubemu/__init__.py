@@ -1,4 +1,4 @@
-"""An in-process emulator of the Hugging Face Hub (and its signed CDN) for the mirror's tests."""
+"""An in-process emulator of the Hugging Face Hub (and its signed CDN), for tests and benchmarks."""
 
 from .emulator import HubEmulator, RequestRecord
 from .faults import Faults

@@ -2,7 +2,7 @@
 
 The one named by HUB_MIRROR_OLD_HF_VENV (CI prepares it), or one created once under
 ~/.cache/hub-mirror-tests and reused (needs PyPI the first time). The `old_python` fixture gives its
-interpreter to any test that runs the old client (see tests/client.run_client's `python`).
+interpreter to any test that runs the old client (see tests/support/client.run_client's `python`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Small upstreams for behaviours the Hub emulator (tests/hubemu) does not have.
+"""Small upstreams for behaviours the Hub emulator (testbed/hubemu) does not have.
 
 `StubServer` runs an aiohttp app on 127.0.0.1 in a thread of its own (the clients under test block,
 so servers never share their event loop). `HubFront` stands in front of the emulator: it answers a
@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.hubemu import HubEmulator
+from testbed.hubemu import HubEmulator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "date", "server"})
