@@ -1,4 +1,9 @@
-"""App factory: wires config, upstream client, storage, cache and routes."""
+"""App factory: the one place where the parts of a mirror are built and wired together.
+
+Every part gets what it uses as constructor arguments, in the order the request path needs them
+(storage and upstream, records, policy, metadata, blobs, sync), and is stored under its typed key
+(appkeys.py) for the handlers that use it. Parts with a lifetime start and stop in `_lifetime`.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,52 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from mirror.admin.routes import SCHEDULER, SYNC, add_admin_routes
+from mirror.admin.routes import add_admin_routes
+from mirror.cache.blobs.blobs import Blobs
+from mirror.cache.blobs.fill import Filler
 from mirror.cache.blobs.peers import Peers
+from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.leases import Leases
+from mirror.cache.metadata.entries import Entries
+from mirror.cache.metadata.listings import Metadata
+from mirror.cache.metadata.revisions import Revisions
+from mirror.cache.purge import Purge
+from mirror.cache.records import Records
+from mirror.cache.responses import ResponseCache
 from mirror.config import Config
+from mirror.hub.appkeys import (
+    ALLOWLIST,
+    BLOBS,
+    CONFIG,
+    DRAIN,
+    ENTRIES,
+    FILLER,
+    LISTINGS,
+    METRICS,
+    POLICY,
+    PURGE,
+    RECORDS,
+    RESPONSES,
+    REVISIONS,
+    SCHEDULER,
+    STORAGE,
+    STORAGE_OVERRIDE,
+    SYNC,
+    UPSTREAM,
+)
+from mirror.hub.drain import Drain
 from mirror.hub.errors import hub_errors
+from mirror.hub.health import add_health_routes, measure_storage, probe_upstream
 from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
-from mirror.lifecycle import Drain
 from mirror.metrics import Metrics
-from mirror.ops import add_ops_routes, measure_storage, probe_upstream
-from mirror.services import SERVICES, Services
+from mirror.policy import AccessPolicy, AllowList, Policy
 from mirror.storage import LocalStorage, Storage
 from mirror.storage.s3 import S3Storage
 from mirror.sync.jobs import SyncManager
+from mirror.sync.pins import Pins
 from mirror.sync.scheduler import Scheduler
 from mirror.upstream import Upstream
-
-CONFIG = web.AppKey("config", Config)
-DRAIN = web.AppKey("drain", Drain)
-STORAGE = web.AppKey("storage", Storage)
 
 
 def build_storage(config: Config) -> Storage:
@@ -48,41 +80,86 @@ def build_storage(config: Config) -> Storage:
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Build the parts (HTTP sessions need the running loop), start them, and stop them in order."""
     config = app[CONFIG]
-    storage = app[STORAGE] if STORAGE in app else build_storage(config)
+    metrics = app[METRICS]
+    storage = app[STORAGE_OVERRIDE] if STORAGE_OVERRIDE in app else build_storage(config)
     await storage.start()
     session = Upstream.new_session(config.upstream)
-    peer_session = None
+    upstream = Upstream(config.upstream, session, metrics)
+    cache = config.cache
+    records = Records(storage, metrics=metrics)
+    allowlist = AllowList(
+        records,
+        enforce=config.policy.enforce_allowlist,
+        on_deny=lambda repo: metrics.allowlist_denials.labels(repo.repo_type).inc(),
+    )
+    access = AccessPolicy(upstream, records, cache.access_ttl, stale_wait=cache.stale_wait)
+    pins = Pins(records, allowlist)
+    revisions = Revisions(
+        upstream, records, cache.revision_ttl, stale_wait=cache.stale_wait, pins=pins, observers=[access.observe]
+    )
+    entries = Entries(upstream, records)
+    listings = Metadata(upstream, records, revisions, cache.refs_ttl, stale_wait=cache.stale_wait)
+    # Replicas that advertise themselves share fills through leases in storage (one upstream fetch).
+    leases = peers = peer_session = None
     if config.server.advertise_url:
         peer_session = Peers.new_session(config.upstream.connect_timeout, config.upstream.read_timeout)
-    services = Services.build(config, storage, Upstream(config.upstream, session, Metrics()), peer_session)
-    app[SERVICES] = services
-    measurer = asyncio.create_task(measure_storage(services), name="measure-storage")
+        leases = Leases(storage, config.server.advertise_url, cache.fill_lease_ttl)
+        peers = Peers(peer_session, metrics)
+    filler = Filler(storage, upstream, cache, config.upstream, metrics, leases, PoisonLedger(storage))
+    metrics.track_fills(lambda: filler.in_flight)
+    blobs = Blobs(storage, filler, peers)
+    policy = Policy(allowlist, access)
+    responses = ResponseCache()
+    purge = Purge(storage, records)
+    for cache_of_repos in (responses, entries, revisions, listings, policy, pins):
+        purge.register(cache_of_repos.forget)
+    sync = SyncManager(
+        config.sync,
+        upstream_token=config.upstream.token,
+        records=records,
+        storage=storage,
+        upstream=upstream,
+        revisions=revisions,
+        listings=listings,
+        entries=entries,
+        blobs=blobs,
+        filler=filler,
+        metrics=metrics,
+        allowlist=allowlist,
+        pins=pins,
+    )
+    scheduler = Scheduler(sync, allowlist, records, Leases(storage, "", config.sync.lease_ttl), config.sync, metrics)
+    app[STORAGE], app[UPSTREAM], app[RECORDS] = storage, upstream, records
+    app[POLICY], app[ALLOWLIST] = policy, allowlist
+    app[REVISIONS], app[ENTRIES], app[LISTINGS] = revisions, entries, listings
+    app[BLOBS], app[FILLER], app[RESPONSES], app[PURGE] = blobs, filler, responses, purge
+    app[SYNC], app[SCHEDULER] = sync, scheduler
+
+    measurer = asyncio.create_task(measure_storage(storage, metrics), name="measure-storage")
     prober = None
     if config.upstream.probe_interval > 0:
-        prober = asyncio.create_task(probe_upstream(services, config.upstream.probe_interval), name="probe-upstream")
-    sync = SyncManager(services, services.allowlist, services.pins)
-    scheduler = Scheduler(sync, services.allowlist, services.records, config.sync, services.metrics)
-    app[SYNC], app[SCHEDULER] = sync, scheduler
+        prober = asyncio.create_task(probe_upstream(upstream, config.upstream.probe_interval), name="probe-upstream")
     sync.start()
     if config.sync.enabled:
         scheduler.start()
     try:
         yield
     finally:
-        for task in (measurer, prober):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (measurer, prober) if t is not None), return_exceptions=True)
+        background = [task for task in (measurer, prober) if task is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await scheduler.close()
         await sync.close()
         # Verified blobs being published may finish within the shutdown grace; the rest is cut.
-        await services.filler.close(app[DRAIN].remaining())
+        await filler.close(app[DRAIN].remaining())
         await app[DRAIN].close()
         # Background revalidations use the upstream session: end them before it closes.
-        await services.revisions.close()
-        await services.metadata.close()
-        await services.policy.close()
+        await revisions.close()
+        await listings.close()
+        await policy.close()
         await session.close()
         if peer_session is not None:
             await peer_session.close()
@@ -95,12 +172,13 @@ def create_app(config: Config, storage: Storage | None = None) -> web.Applicatio
     # observe is outermost so it sees the status hub_errors produced.
     app = web.Application(middlewares=[drain.track, observe, hub_errors], client_max_size=16 * 1024 * 1024)
     app[CONFIG] = config
+    app[METRICS] = Metrics()
     app[DRAIN] = drain
     app.on_shutdown.append(drain.begin)
     if storage is not None:
-        app[STORAGE] = storage
+        app[STORAGE_OVERRIDE] = storage
     app.cleanup_ctx.append(_lifetime)
-    add_ops_routes(app)
+    add_health_routes(app)
     add_admin_routes(app)
     add_routes(app)  # the catch-all Hub routes come last
     return app

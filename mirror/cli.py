@@ -100,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
             host=config.server.host,
             port=config.server.port,
             print=None,
-            # The mirror cuts what is left at the end of server.shutdown_grace itself (lifecycle.py).
+            # The mirror cuts what is left at the end of server.shutdown_grace itself (hub/drain.py).
             shutdown_timeout=config.server.shutdown_grace + 5,
             access_log=None,
         )

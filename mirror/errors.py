@@ -113,7 +113,13 @@ class IntegrityError(HubError):
     status = 502
 
 
-class StorageError(HubError):
-    """The cache store failed; the request cannot be answered from or into it."""
+class StorageError(Exception):
+    """The cache store failed; the request cannot be answered from or into it.
 
-    status = 503
+    Storage knows nothing of HTTP, so this carries no status: hub/errors.py answers it with a 503
+    (which makes HF clients fall back to their own caches) and keeps the details for the log.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

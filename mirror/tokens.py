@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 from mirror.errors import BadRequest
@@ -35,6 +36,25 @@ def bearer_token(authorization: str | None) -> str | None:
             headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
         )
     return value
+
+
+def same_token(presented: str, expected: str) -> bool:
+    # Constant time, so the comparison does not tell how much of a guess was right.
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def is_token(authorization: str | None, expected: str) -> bool:
+    """Whether an Authorization header carries `expected` (a configured token); never raises.
+
+    A missing, malformed or wrong token, or no token configured, is simply not it.
+    """
+    if not expected:
+        return False
+    try:
+        token = bearer_token(authorization)
+    except BadRequest:
+        return False
+    return token is not None and same_token(token, expected)
 
 
 def fingerprint(token: str | None) -> str:

@@ -133,13 +133,8 @@ class RetryableBodyError(Exception):
 class FileMeta:
     """What the upstream's resolve answer says about one file at one commit."""
 
-    commit: str
     etag: str  # git blob sha1 (40 hex) for plain files, sha256 (64 hex) for LFS
     size: int
-
-    @property
-    def is_lfs(self) -> bool:
-        return len(self.etag) == 64
 
 
 def origin_of(url: str) -> str:
@@ -190,6 +185,7 @@ class Upstream:
         self.user_agent = f"hub-mirror/{__version__}"
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
         self.last_outcome_at: float | None = None  # when traffic or a probe last said anything
+        self._probed: tuple[bool, float] | None = None  # (reachable, when) of the last probe
         self._failure_log = LogLimit(log)
         if metrics is not None:
             metrics.upstream_up.set(1)  # nothing has failed yet: traffic will say otherwise
@@ -225,6 +221,35 @@ class Upstream:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    async def passthrough(self, path: str, token: str | None) -> Passed:
+        """GET an upstream path with the caller's token and hand back its answer as it is."""
+        resp = await self.request("GET", self.url(path), token)
+        async with resp:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise UpstreamUnavailable(f"upstream answer broke off ({unreachable_reason(exc)})") from exc
+        if resp.status >= 500:
+            raise UpstreamUnavailable(f"upstream answered {resp.status}")
+        return Passed(resp.status, body, {h: resp.headers[h] for h in PASSED_HEADERS if h in resp.headers})
+
+    async def probe(self, *, cached: bool = True) -> bool:
+        """Whether the upstream origin answers (below 500) a cheap request now; the answer feeds
+        the breaker and is reused for PROBE_TTL seconds unless `cached` is False."""
+        now = time.monotonic()
+        if cached and self._probed is not None and now - self._probed[1] < PROBE_TTL:
+            return self._probed[0]
+        try:
+            async with self.session.get(
+                self.url("/api/agent-harnesses"), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=3)
+            ) as resp:
+                reachable = resp.status < 500
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            reachable = False
+        self._probed = (reachable, now)
+        self.record_outcome(reachable)
+        return reachable
 
     def _headers(self, url: str, token: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
@@ -340,7 +365,8 @@ class Upstream:
         return self.url(f"/{repo.url_prefix}{repo.repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}")
 
     async def file_meta(self, repo: RepoRef, revision: str, path: str, token: str | None) -> FileMeta:
-        """HEAD the resolve URL the way the HF client does (§B2 of the protocol notes)."""
+        """HEAD the resolve URL the way the HF client does: same-origin redirects followed, the
+        off-origin 302 (which carries X-Linked-Etag and X-Linked-Size) read, not followed."""
         resp = await self.request("HEAD", self.resolve_url(repo, revision, path), token)
         async with resp:
             if resp.status >= 400:
@@ -362,7 +388,7 @@ class Upstream:
             size = int(size_header)
         except ValueError:
             raise UpstreamError(f"upstream size {size_header!r} is not a number", status=502) from None
-        return FileMeta(commit=commit.lower(), etag=etag, size=size)
+        return FileMeta(etag=etag, size=size)
 
     async def open_body(
         self, repo: RepoRef, commit: str, path: str, token: str | None, offset: int
@@ -390,6 +416,19 @@ class Upstream:
             raise await error_from_response(resp)
         finally:
             resp.release()
+
+
+@dataclass(frozen=True)
+class Passed:
+    """An upstream answer passed on as it is (small, uncached: whoami, auth-check)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+PASSED_HEADERS = ("Content-Type", "X-Error-Code", "X-Error-Message")
+PROBE_TTL = 10.0  # seconds a probe's answer is reused
 
 
 def _without_query(url: str) -> str:

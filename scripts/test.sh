@@ -35,5 +35,7 @@ fi
 "$OLD_VENV/bin/python" -m pip uninstall -y -q hf-xet 2>/dev/null || true
 export HUB_MIRROR_OLD_HF_VENV="$OLD_VENV"
 
-.venv/bin/ruff check mirror tests
+.venv/bin/ruff check mirror tests testbed bench
+# The package's layers are a contract ([tool.importlinter] in pyproject.toml), checked like the tests.
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest -q "$@"

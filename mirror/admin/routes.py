@@ -7,7 +7,6 @@ with who, what and when, never the token.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -16,19 +15,16 @@ from typing import Any
 
 from aiohttp import web
 
+from mirror.cache import keys
 from mirror.errors import BadRequest, HubError, NotFound
 from mirror.hub.api import read_body
+from mirror.hub.appkeys import ALLOWLIST, CONFIG, PURGE, RECORDS, STORAGE, SYNC
 from mirror.policy.allowlist import AllowEntry
 from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id
-from mirror.services import SERVICES
-from mirror.sync.jobs import SyncManager, forget_repo
-from mirror.sync.scheduler import Scheduler
-from mirror.tokens import bearer_token, fingerprint
+from mirror.tokens import bearer_token, fingerprint, same_token
 
 audit_log = logging.getLogger("mirror.audit")
 
-SYNC = web.AppKey("sync", SyncManager)
-SCHEDULER = web.AppKey("scheduler", Scheduler)
 _ROOTS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
 # The largest valid allow-list entry (every list at its cap) is about 50 KB.
 MAX_BODY = 64 * 1024
@@ -40,14 +36,9 @@ class AdminAuthError(HubError):
     status = 401
 
 
-def _same_token(presented: str, expected: str) -> bool:
-    # Constant time, so the comparison does not tell how much of a guess was right.
-    return hmac.compare_digest(presented.encode(), expected.encode())
-
-
 def _authorise(request: web.Request) -> str:
     """The caller's identity for the audit log, or an error; never the token itself."""
-    expected = request.app[SERVICES].config.admin.token
+    expected = request.app[CONFIG].admin.token
     if not expected:
         raise NotFound("the admin API is disabled: set HUB_MIRROR_ADMIN_TOKEN (or admin.token) to enable it")
     token = bearer_token(request.headers.get("Authorization"))
@@ -56,24 +47,9 @@ def _authorise(request: web.Request) -> str:
             "admin API: missing 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": 'Bearer realm="hub-mirror admin"'},
         )
-    if not _same_token(token, expected):
+    if not same_token(token, expected):
         raise HubError("admin API: wrong admin token", status=403)
     return f"admin-token:{fingerprint(token)[:8]}@{request.remote}"
-
-
-def is_admin(request: web.Request) -> bool:
-    """Whether the request carries the admin token; for views that only add detail for admins.
-
-    Never raises: a missing, malformed or wrong token, or a disabled admin API, is simply not admin.
-    """
-    expected = request.app[SERVICES].config.admin.token
-    if not expected:
-        return False
-    try:
-        token = bearer_token(request.headers.get("Authorization"))
-    except BadRequest:
-        return False
-    return token is not None and _same_token(token, expected)
 
 
 def _audit(who: str, action: str, target: Any) -> None:
@@ -103,21 +79,21 @@ async def _json_body(request: web.Request) -> Any:
 
 async def list_allowlist(request: web.Request) -> web.Response:
     _authorise(request)
-    entries = await request.app[SERVICES].allowlist.entries()
+    entries = await request.app[ALLOWLIST].entries()
     return web.json_response([e.to_json() for e in entries])
 
 
 async def add_allowlist(request: web.Request) -> web.Response:
     who = _authorise(request)
     entry = AllowEntry.from_request(await _json_body(request))
-    await request.app[SERVICES].allowlist.add(entry)
+    await request.app[ALLOWLIST].add(entry)
     _audit(who, "allowlist.add", entry.to_json())
     return web.json_response(entry.to_json(), status=201)
 
 
 async def remove_allowlist(request: web.Request) -> web.Response:
     who = _authorise(request)
-    removed = await request.app[SERVICES].allowlist.remove(request.match_info["id"])
+    removed = await request.app[ALLOWLIST].remove(request.match_info["id"])
     if removed is None:
         raise NotFound(f"no allow-list entry {request.match_info['id']}")
     _audit(who, "allowlist.remove", removed.to_json())
@@ -154,9 +130,9 @@ async def get_sync(request: web.Request) -> web.Response:
 async def list_repos(request: web.Request) -> web.Response:
     """What is cached: per repo, revisions -> commits, files and bytes per commit."""
     _authorise(request)
-    services = request.app[SERVICES]
+    storage, records = request.app[STORAGE], request.app[RECORDS]
     repos: dict[tuple[str, str], dict[str, Any]] = {}
-    async for key in services.storage.list("repos/"):
+    async for key in storage.list(keys.REPOS):
         parts = key.split("/")
         cut = next((i for i in range(3, len(parts)) if parts[i] in _ROOTS), None)
         if cut is None or parts[1] not in ("models", "datasets", "spaces"):
@@ -167,11 +143,11 @@ async def list_repos(request: web.Request) -> web.Response:
             {"repo_type": repo_type, "repo": repo_id, "revisions": {}, "commits": defaultdict(lambda: [0, 0])},
         )
         if parts[cut] in ("refs", "pins"):
-            record = await services.records.get(key)
+            record = await records.get(key)
             if record and record.get("revision") is not None:
                 info["revisions"][record["revision"] or "(default)"] = record["commit"]
         elif parts[cut] == "entries":
-            record = await services.records.get(key)
+            record = await records.get(key)
             if record and not record.get("missing"):
                 counts = info["commits"][parts[cut + 1]]
                 counts[0] += 1
@@ -196,7 +172,7 @@ async def purge_repo(request: web.Request) -> web.Response:
     if repo_type not in REPO_TYPES:
         raise BadRequest(f"repo type must be one of {', '.join(REPO_TYPES)}")
     repo = RepoRef(repo_type, validate_repo_id(request.match_info["repo"]))
-    removed = await forget_repo(request.app[SERVICES], request.app[SERVICES].pins, repo)
+    removed = await request.app[PURGE].repo(repo)
     _audit(who, "repos.purge", {"repo_type": repo.repo_type, "repo": repo.repo_id, "records": removed})
     return web.Response(status=204)
 

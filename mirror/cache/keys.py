@@ -21,6 +21,34 @@ def blob_key(etag: str) -> str:
 
 
 ALLOWLIST = "admin/allowlist.json"
+BLOBS = "blobs/"
+REPOS = "repos/"
+SYNC_JOBS = "admin/sync/jobs/"
+SCHEDULER_LEASE = "admin/sync/scheduler-lease.json"
+FILL_LEASES = "leases/fills/"
+
+
+def repo_prefix(repo: RepoRef) -> str:
+    """Everything stored about one repo (not its blobs, which repos share)."""
+    return f"{REPOS}{repo.storage_prefix}/"
+
+
+def sync_job_key(job_id: str) -> str:
+    return f"{SYNC_JOBS}{job_id}.json"
+
+
+def sync_entry_key(entry_id: str) -> str:
+    """What the last sync of an allow-list entry did (time, errors)."""
+    return f"admin/sync/entries/{entry_id}.json"
+
+
+def fill_lease_key(blob_key: str) -> str:
+    return f"{FILL_LEASES}{blob_key}.json"
+
+
+def pin_key(repo: RepoRef, revision: str) -> str:
+    """The commit a completed sync fixed a branch of an allow-listed repo at."""
+    return f"{repo_prefix(repo)}pins/{_digest(revision)}.json"
 
 
 def poison_key(etag: str) -> str:

@@ -14,7 +14,6 @@ V = TypeVar("V")
 class SingleFlight(Generic[V]):
     def __init__(self) -> None:
         self._calls: dict[Hashable, asyncio.Future[V]] = {}
-        self.coalesced = 0  # callers that joined a call already in flight
 
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[V]]) -> V:
         future = self._calls.get(key)
@@ -23,7 +22,6 @@ class SingleFlight(Generic[V]):
             self._calls[key] = future
             future.add_done_callback(lambda f: self._forget(key, f))
         else:
-            self.coalesced += 1
             stats = current_stats()
             if stats is not None:
                 stats.coalesced = True

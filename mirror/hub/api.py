@@ -21,12 +21,12 @@ from mirror.errors import (
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
-    UpstreamUnavailable,
 )
 from mirror.hub import xet
+from mirror.hub.appkeys import ALLOWLIST, CONFIG, LISTINGS, POLICY, RESPONSES, REVISIONS, UPSTREAM
 from mirror.hub.paths import ApiTarget
+from mirror.policy import AllowList
 from mirror.repo import MAX_PATH_LENGTH, RepoRef
-from mirror.services import SERVICES, Services
 from mirror.tokens import bearer_token
 
 TREE_PAGE = 1000
@@ -89,24 +89,25 @@ METHODS = {
 }
 
 
-def mirror_origin(request: web.Request, services: Services) -> str:
-    return services.config.server.public_url or f"{request.scheme}://{request.host}"
+def mirror_origin(request: web.Request) -> str:
+    return request.app[CONFIG].server.public_url or f"{request.scheme}://{request.host}"
 
 
 def json_response(
-    services: Services,
+    request: web.Request,
     data: Any,
     headers: dict[str, str] | None = None,
     cache_as: tuple[RepoRef, Hashable] | None = None,
 ) -> web.Response:
     """JSON (xet-stripped per config); `cache_as` keeps the bytes of an answer fixed for a commit."""
-    body = services.responses.get(*cache_as) if cache_as else None
+    responses = request.app[RESPONSES]
+    body = responses.get(*cache_as) if cache_as else None
     if body is None:
-        if services.config.hub.strip_xet:
+        if request.app[CONFIG].hub.strip_xet:
             data = xet.strip_json(data)
         body = json.dumps(data, separators=(",", ":")).encode()
         if cache_as:
-            services.responses.put(*cache_as, body)
+            responses.put(*cache_as, body)
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
@@ -203,53 +204,52 @@ def _require(request: web.Request, *methods: str) -> None:
 
 
 async def handle_api(request: web.Request, target: ApiTarget) -> web.StreamResponse:
-    services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
     repo = target.repo
-    await services.policy.check_listed(repo)
+    await request.app[POLICY].check_listed(repo)
     if target.op == "xet-read-token":
         raise NotFound("xet is not served by this mirror; download over HTTP (the mirror strips xet headers)")
     if target.op == "auth-check":
         _require(request, "GET")
-        return await passthrough(request, services, f"{repo.api_path}/auth-check", token)
+        return await passthrough(request, f"{repo.api_path}/auth-check", token)
     # The request itself is checked before anything (the access policy) is asked of upstream.
     if target.op in METHODS:
         _require(request, *METHODS[target.op])
     query = canonical_query(request, target.op, repo.repo_type)
     paths_info = await _paths_info_body(request) if target.op == "paths-info" else None
-    await services.policy.check(repo, token, files=False)
+    await request.app[POLICY].check(repo, token, files=False)
 
     if target.op in ("info", "revision"):
-        data = await services.revisions.info(repo, target.revision, query, token)
+        data = await request.app[REVISIONS].info(repo, target.revision, query, token)
         sha = data.get("sha") if isinstance(data, dict) else None
-        return json_response(services, data, cache_as=(repo, ("info", sha, query)) if sha else None)
+        return json_response(request, data, cache_as=(repo, ("info", sha, query)) if sha else None)
 
     if target.op == "tree":
-        return await _tree(request, services, target, token)
+        return await _tree(request, target, token)
 
     if target.op == "treesize":
         assert target.revision is not None
-        commit, size = await services.metadata.treesize(repo, target.revision, target.path, token)
-        return json_response(services, size, cache_as=(repo, ("treesize", commit, target.path)))
+        commit, size = await request.app[LISTINGS].treesize(repo, target.revision, target.path, token)
+        return json_response(request, size, cache_as=(repo, ("treesize", commit, target.path)))
 
     if paths_info is not None:
         paths, expand = paths_info
         assert target.revision is not None
-        data = await services.metadata.paths_info(repo, target.revision, paths, expand, token)
-        return json_response(services, data)
+        data = await request.app[LISTINGS].paths_info(repo, target.revision, paths, expand, token)
+        return json_response(request, data)
 
     if target.op == "refs":
         include_prs = request.query.get("include_prs", "") in TRUE
-        return json_response(services, await services.metadata.refs(repo, include_prs, token))
+        return json_response(request, await request.app[LISTINGS].refs(repo, include_prs, token))
 
     if target.op == "commits":
         assert target.revision is not None
-        commit, items, next_query = await services.metadata.commits(repo, target.revision, query, token)
+        commit, items, next_query = await request.app[LISTINGS].commits(repo, target.revision, query, token)
         headers = {}
         if next_query is not None:
-            url = f"{mirror_origin(request, services)}{repo.api_path}/commits/{commit}?{next_query}"
+            url = f"{mirror_origin(request)}{repo.api_path}/commits/{commit}?{next_query}"
             headers["Link"] = f'<{url}>; rel="next"'
-        return json_response(services, items, headers)
+        return json_response(request, items, headers)
 
     raise NotFound(f"unsupported API operation {target.op}")
 
@@ -260,25 +260,24 @@ async def handle_listing(request: web.Request, repo_type: str) -> web.Response:
     The caller's token goes to the upstream origin only (upstream.py); the next-page link names the
     mirror. With the allow-list enforced, repos it does not allow are left out of the page.
     """
-    services = request.app[SERVICES]
     _require(request, "GET", "HEAD")
     token = bearer_token(request.headers.get("Authorization"))
     query = listing_query(request, repo_type)
-    items, next_path = await services.metadata.listing(repo_type, query, token)
-    if services.allowlist.enforce:
-        items = [item for item in items if await _allowed(services, repo_type, item)]
+    items, next_path = await request.app[LISTINGS].listing(repo_type, query, token)
+    if request.app[ALLOWLIST].enforce:
+        items = [item for item in items if await _allowed(request.app[ALLOWLIST], repo_type, item)]
     headers = {}
     if next_path is not None:
-        headers["Link"] = f'<{mirror_origin(request, services)}{next_path}>; rel="next"'
-    return json_response(services, items, headers)
+        headers["Link"] = f'<{mirror_origin(request)}{next_path}>; rel="next"'
+    return json_response(request, items, headers)
 
 
-async def _allowed(services: Services, repo_type: str, item: Any) -> bool:
+async def _allowed(allowlist: AllowList, repo_type: str, item: Any) -> bool:
     repo_id = item.get("id") if isinstance(item, dict) else None
-    return isinstance(repo_id, str) and await services.allowlist.allows(RepoRef(repo_type, repo_id))
+    return isinstance(repo_id, str) and await allowlist.allows(RepoRef(repo_type, repo_id))
 
 
-async def _tree(request: web.Request, services: Services, target: ApiTarget, token: str | None) -> web.Response:
+async def _tree(request: web.Request, target: ApiTarget, token: str | None) -> web.Response:
     assert target.revision is not None
     recursive = request.query.get("recursive", "") in TRUE
     expand = request.query.get("expand", "") in TRUE
@@ -288,7 +287,9 @@ async def _tree(request: web.Request, services: Services, target: ApiTarget, tok
         raise BadRequest("invalid cursor") from None
     if cursor < 0:
         raise BadRequest("invalid cursor")
-    commit, entries = await services.metadata.tree(target.repo, target.revision, target.path, recursive, expand, token)
+    commit, entries = await request.app[LISTINGS].tree(
+        target.repo, target.revision, target.path, recursive, expand, token
+    )
     if cursor > len(entries):
         # Each cursor is a cache key: only those inside the listing may make one.
         raise BadRequest("cursor is past the end of the listing")
@@ -301,9 +302,9 @@ async def _tree(request: web.Request, services: Services, target: ApiTarget, tok
         query = urlencode(
             {"recursive": str(recursive).lower(), "expand": str(expand).lower(), "cursor": cursor + page_size}
         )
-        headers["Link"] = f'<{mirror_origin(request, services)}{path}?{query}>; rel="next"'
+        headers["Link"] = f'<{mirror_origin(request)}{path}?{query}>; rel="next"'
     key = ("tree", commit, target.path, recursive, expand, cursor)
-    return json_response(services, page, headers, cache_as=(target.repo, key))
+    return json_response(request, page, headers, cache_as=(target.repo, key))
 
 
 async def _paths_info_body(request: web.Request) -> tuple[list[str], bool]:
@@ -360,20 +361,14 @@ def _check_path(path: str) -> None:
         raise BadRequest("a path is not valid Unicode") from None
 
 
-async def passthrough(request: web.Request, services: Services, path: str, token: str | None) -> web.Response:
+async def passthrough(request: web.Request, path: str, token: str | None) -> web.Response:
     """Forward a small uncached GET (whoami, auth-check) with the caller's token."""
-    resp = await services.upstream.request("GET", services.upstream.url(path), token)
-    async with resp:
-        body = await resp.read()
-    if resp.status >= 500:
-        raise UpstreamUnavailable(f"upstream answered {resp.status}")
-    keep = ("Content-Type", "X-Error-Code", "X-Error-Message")
-    return web.Response(status=resp.status, body=body, headers={h: resp.headers[h] for h in keep if h in resp.headers})
+    answer = await request.app[UPSTREAM].passthrough(path, token)
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 async def handle_whoami(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    return await passthrough(request, services, "/api/whoami-v2", bearer_token(request.headers.get("Authorization")))
+    return await passthrough(request, "/api/whoami-v2", bearer_token(request.headers.get("Authorization")))
 
 
 async def handle_agent_harnesses(request: web.Request) -> web.Response:

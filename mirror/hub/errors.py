@@ -46,13 +46,15 @@ async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamRe
         # The client went away while we were answering: nothing to send.
         log.debug("client connection lost: %s", exc)
         raise
+    except StorageError as exc:
+        # Its message names the store (endpoint, bucket, prefix, path): the log has it, the client not.
+        log.warning("%s %s -> 503 %s", request.method, request.path, exc.message)
+        _cut_if_started(request)
+        return error_response(HubError(STORAGE_UNAVAILABLE, status=503))
     except HubError as exc:
         if exc.status >= 500:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         _cut_if_started(request)
-        if isinstance(exc, StorageError):
-            # Its message names the store (endpoint, bucket, prefix, path): the log has it.
-            return error_response(StorageError(STORAGE_UNAVAILABLE, headers=exc.headers))
         return error_response(exc)
     except Exception:
         log.exception("unhandled error for %s %s", request.method, request.path)

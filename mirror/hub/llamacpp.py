@@ -18,17 +18,16 @@ from aiohttp import web
 
 from mirror.errors import MethodNotAllowed
 from mirror.hub.api import json_response
+from mirror.hub.appkeys import LISTINGS, POLICY
 from mirror.hub.paths import ManifestTarget
-from mirror.services import SERVICES
 from mirror.tokens import bearer_token
 
 
 async def handle_manifest(request: web.Request, target: ManifestTarget) -> web.Response:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(request.method, ("GET", "HEAD"))
-    services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
     # The manifest names files, like a tree listing: metadata, readable wherever repo info is.
-    await services.policy.check(target.repo, token, files=False)
-    data = await services.metadata.llamacpp_manifest(target.repo, target.tag, token)
-    return json_response(services, data)
+    await request.app[POLICY].check(target.repo, token, files=False)
+    data = await request.app[LISTINGS].llamacpp_manifest(target.repo, target.tag, token)
+    return json_response(request, data)

@@ -12,8 +12,8 @@ import time
 
 from aiohttp import web
 
+from mirror.hub.appkeys import METRICS
 from mirror.metrics import CURRENT_REQUEST, RequestStats, status_class
-from mirror.services import SERVICES
 
 access_log = logging.getLogger("mirror.access")
 
@@ -44,7 +44,7 @@ async def observe(request: web.Request, handler: web.Handler) -> web.StreamRespo
 
 
 def _record(request: web.Request, stats: RequestStats, status: int, duration: float) -> None:
-    metrics = request.app[SERVICES].metrics
+    metrics = request.app[METRICS]
     route = (
         request.get(ROUTE)
         or OPS_ROUTES.get(request.path)

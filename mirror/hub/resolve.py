@@ -20,12 +20,12 @@ from mirror.cache.blobs.blobs import BlobBody
 from mirror.cache.blobs.peers import PEER_HEADER
 from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import PreconditionFailed, ResumeRefused
+from mirror.hub.appkeys import BLOBS, ENTRIES, METRICS, POLICY, REVISIONS
 from mirror.hub.conditional import precondition_status, range_applies
 from mirror.hub.errors import error_response
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range, restarts_on_full_answer
 from mirror.metrics import current_stats
-from mirror.services import SERVICES
 from mirror.tokens import bearer_token
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,17 @@ def file_headers(entry: FileEntry) -> dict[str, str]:
 
 
 async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.StreamResponse:
-    services = request.app[SERVICES]
     token = bearer_token(request.headers.get("Authorization"))
-    await services.policy.check(target.repo, token, files=True)
-    commit = await services.revisions.resolve(target.repo, target.revision, token)
-    entry = await services.entries.get(target.repo, commit, target.path, token)
+    await request.app[POLICY].check(target.repo, token, files=True)
+    commit = await request.app[REVISIONS].resolve(target.repo, target.revision, token)
+    entry = await request.app[ENTRIES].get(target.repo, commit, target.path, token)
     headers = file_headers(entry)
 
     precondition = precondition_status(request.headers, headers["ETag"], request.method)
     if precondition is not None:
         return not_modified(entry, precondition)
     range_header = request.headers.get("Range") if range_applies(request.headers, headers["ETag"]) else None
-    if range_header and await services.blobs.resume_unsafe(entry):
+    if range_header and await request.app[BLOBS].resume_unsafe(entry):
         # Some client may hold bad bytes of this blob from a fill that failed verification, so no
         # Range of it is served: clients that start over get the whole file (RFC 9110 lets a
         # server ignore Range), the others an error that stops them (see hub/ranges.py).
@@ -82,7 +81,7 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
 
     if request.method == "HEAD":
-        headers["X-Cache"] = "HIT" if await services.blobs.is_cached(entry) else "MISS"
+        headers["X-Cache"] = "HIT" if await request.app[BLOBS].is_cached(entry) else "MISS"
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(request)
@@ -93,14 +92,14 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     from_peer = PEER_HEADER in request.headers
     # Only LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do.
     disposition = headers["Content-Disposition"] if entry.is_lfs and not from_peer else None
-    body = await services.blobs.open(entry, token, start, end, disposition, may_proxy=not from_peer)
+    body = await request.app[BLOBS].open(entry, token, start, end, disposition, may_proxy=not from_peer)
     headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
     stats = current_stats()
     if stats is not None:
         joined = stats.joined_fill or body.source == "peer"
         stats.cache = "hit" if body.source == "cache" else ("coalesced" if joined else "miss")
     if body.url is not None:
-        services.metrics.redirects.inc()
+        request.app[METRICS].redirects.inc()
         return redirect(body.url, headers)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
@@ -134,7 +133,7 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
     but those bytes: a second response (an error page) on a keep-alive connection would shift every
     later answer on it by one, and the client would store one file's bytes under another's name.
     """
-    served = request.app[SERVICES].metrics.bytes_served.labels(body.source)
+    served = request.app[METRICS].bytes_served.labels(body.source)
     stats = current_stats()
     handle = None
     if body.path is not None and end > start:
@@ -161,7 +160,7 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
             if _client_went_away(request, exc):
                 # Normal: aria2c closes its extra connections, ranges get cancelled, users press ^C.
                 log.debug("client left %s after %d bytes: %s", request.path, sent, exc)
-                request.app[SERVICES].metrics.client_disconnects.inc()
+                request.app[METRICS].client_disconnects.inc()
             else:
                 # The only honest signal left is to cut the connection: the client sees a short
                 # body (and retries) rather than a complete wrong one.

@@ -1,7 +1,7 @@
 """Stripping xet signals, so clients with hf_xet installed download through the mirror over HTTP.
 
 A client switches to xet on `X-Xet-Hash` plus a xet Link/refresh route, or on `xetHash` in a tree
-listing; the xet CAS is reached directly, bypassing the mirror. See the protocol notes, §B4.
+listing; the xet CAS is reached directly, bypassing the mirror. (shared/docs/clients-and-xet.md describes the protocol.)
 """
 
 from __future__ import annotations

@@ -17,13 +17,12 @@ from typing import Any
 
 from mirror.cache import keys
 from mirror.cache.records import Records
+from mirror.durations import parse_duration
 from mirror.errors import BadRequest, RepoNotFound
 from mirror.repo import REPO_TYPES, RepoRef, validate_revision
 
 RELOAD_SECONDS = 5.0
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9._\-*?\[\]]{1,96}(/[A-Za-z0-9._\-*?\[\]]{1,96})?$")
-_INTERVAL_RE = re.compile(r"^(\d+)\s*([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENTRY_ID_RE = re.compile(r"[0-9a-f]{12}")
 MIN_INTERVAL = 60
 # Every revision of every matching repo is a sync target, and every target costs upstream calls:
@@ -35,10 +34,10 @@ MAX_ENTRIES = 1000
 
 
 def parse_interval(text: str) -> int:
-    match = _INTERVAL_RE.match(text.strip())
-    if not match:
-        raise BadRequest(f"sync_interval {text!r} must look like 30m, 6h or 1d")
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        seconds = round(parse_duration(text))
+    except ValueError:
+        raise BadRequest(f"sync_interval {text[:40]!r} must look like 30m, 6h or 1d") from None
     if seconds < MIN_INTERVAL:
         raise BadRequest(f"sync_interval must be at least {MIN_INTERVAL} seconds")
     return seconds

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
+
+from mirror.durations import parse_duration
 
 DEFAULT_REPO = "Qwen/Qwen3-VL-8B-Instruct"
 DEFAULT_QUESTION = "What colour is this image? Answer in one word."
 DEFAULT_EXPECT = ("red",)
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
 @dataclass
@@ -46,10 +45,4 @@ class SmokeOptions:
 
 def parse_interval(text: str) -> float:
     """'6h', '30m', '90s', '1d' or plain seconds ('2.5') to seconds; raises ValueError otherwise."""
-    match = _INTERVAL.fullmatch(text.strip().lower())
-    if match is None:
-        raise ValueError(f"bad interval {text!r}: use a number with an optional unit s, m, h or d (e.g. 6h)")
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise ValueError(f"interval must be positive, not {text!r}")
-    return seconds
+    return parse_duration(text)

@@ -1,6 +1,6 @@
 """The one storage interface the cache uses for blobs and metadata.
 
-Every backend implements `Storage`, and tests/storage_suite.py checks each against the same
+Every backend implements `Storage`, and tests/support/storage_suite.py checks each against the same
 behaviours: put/get/stat/delete/list, ranged reads, atomic publish, concurrent writers of one key,
 missing keys, typed errors. Storage knows nothing about HTTP or the Hub; keys are plain strings
 such as "blobs/sha256/ab/abcdef...".
@@ -75,6 +75,12 @@ class BlobWriter(abc.ABC):
     @abc.abstractmethod
     async def read_written(self, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of what was written so far."""
+
+    @property
+    def window_start(self) -> int | None:
+        """The oldest offset `read_written` can still serve, for writers that keep only a window
+        of recent bytes (S3); None when every written byte can be read back."""
+        return None
 
     @abc.abstractmethod
     async def commit(self) -> ObjectInfo:

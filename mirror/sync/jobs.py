@@ -20,27 +20,32 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from mirror.errors import BadRequest, HubError, NotFound, RepoNotFound
+from mirror.cache import keys
+from mirror.cache.blobs.blobs import Blobs
+from mirror.cache.blobs.fill import Filler
+from mirror.cache.metadata.entries import Entries
+from mirror.cache.metadata.listings import Metadata
+from mirror.cache.metadata.revisions import Revisions
+from mirror.cache.records import Records
+from mirror.config import SyncConfig
+from mirror.errors import BadRequest, HubError, NotFound, StorageError
+from mirror.metrics import Metrics
 from mirror.policy.allowlist import AllowEntry, AllowList
 from mirror.repo import RepoRef, is_commit
-from mirror.services import Services
+from mirror.storage import Storage
 from mirror.sync.bandwidth import Bandwidth
 from mirror.sync.pins import Pins
 from mirror.sync.ratelimit import with_rate_limit
+from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-JOBS_PREFIX = "admin/sync/jobs/"
 KEEP_JOBS = 200
 PROGRESS_SAVE_SECONDS = 2.0
 _JOB_ID_RE = re.compile(r"[0-9a-f]{12}")
 # Repo x revision pairs one job may sync. Entries are capped one by one, but a glob can match a
 # whole namespace; past this the job stops adding targets and says so instead of hammering upstream.
 MAX_JOB_TARGETS = 5000
-
-
-def entry_state_key(entry_id: str) -> str:
-    return f"admin/sync/entries/{entry_id}.json"
 
 
 @dataclass
@@ -93,11 +98,36 @@ class SyncJob:
 
 
 class SyncManager:
-    def __init__(self, services: Services, allowlist: AllowList, pins: Pins) -> None:
-        self.services = services
+    def __init__(
+        self,
+        config: SyncConfig,
+        *,
+        upstream_token: str,
+        records: Records,
+        storage: Storage,
+        upstream: Upstream,
+        revisions: Revisions,
+        listings: Metadata,
+        entries: Entries,
+        blobs: Blobs,
+        filler: Filler,
+        metrics: Metrics,
+        allowlist: AllowList,
+        pins: Pins,
+    ) -> None:
+        self.token = upstream_token or None  # scheduled work has no client token of its own
+        self.records = records
+        self.storage = storage
+        self.upstream = upstream
+        self.revisions = revisions
+        self.listings = listings
+        self.entries = entries
+        self.blobs = blobs
+        self.filler = filler
+        self.metrics = metrics
         self.allowlist = allowlist
         self.pins = pins
-        self.config = services.config.sync
+        self.config = config
         self.jobs: OrderedDict[str, SyncJob] = OrderedDict()
         self._queue: asyncio.Queue[SyncJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -151,7 +181,7 @@ class SyncManager:
             raise BadRequest("a sync job id is 12 hexadecimal digits (see GET /admin/sync)")
         if job_id in self.jobs:
             return self.jobs[job_id].to_json()
-        record = await self.services.records.get(f"{JOBS_PREFIX}{job_id}.json")
+        record = await self.records.get(keys.sync_job_key(job_id))
         if record is None:
             raise NotFound(f"no sync job {job_id}")
         return dict(record)
@@ -159,8 +189,8 @@ class SyncManager:
     async def list(self) -> list[dict[str, Any]]:
         """Every job in storage (any replica's), newest first."""
         jobs: dict[str, dict[str, Any]] = {}
-        async for key in self.services.storage.list(JOBS_PREFIX):
-            record = await self.services.records.get(key)
+        async for key in self.storage.list(keys.SYNC_JOBS):
+            record = await self.records.get(key)
             if record is not None:
                 jobs[record["id"]] = record
         for job in self.jobs.values():
@@ -168,7 +198,7 @@ class SyncManager:
         return sorted(jobs.values(), key=lambda j: j["created_at"], reverse=True)
 
     async def _save(self, job: SyncJob) -> None:
-        await self.services.records.put(f"{JOBS_PREFIX}{job.id}.json", job.to_json())
+        await self.records.put(keys.sync_job_key(job.id), job.to_json())
 
     async def _work(self) -> None:
         while True:
@@ -181,7 +211,7 @@ class SyncManager:
     async def run(self, job: SyncJob) -> None:
         job.state, job.started_at = "running", time.time()
         await self._save(job)
-        metrics = self.services.metrics
+        metrics = self.metrics
         entries = [e for e in await self.allowlist.entries() if e.id in job.entry_ids]
         targets = 0
         capped = False
@@ -189,7 +219,7 @@ class SyncManager:
             ok = True
             try:
                 repos = await self._repos_of(entry, job)
-            except HubError as exc:
+            except (HubError, StorageError) as exc:
                 job.errors.append(f"{entry.pattern}: {exc.message}")
                 repos, ok = [], False
             for repo in repos:
@@ -222,8 +252,8 @@ class SyncManager:
         namespace, _, _ = entry.pattern.partition("/")
         if not _ or any(c in namespace for c in "*?["):
             raise BadRequest("a glob pattern needs a literal namespace ('org/name-*') to be enumerated for sync")
-        upstream = self.services.upstream
-        token = self.services.config.upstream.token or None
+        upstream = self.upstream
+        token = self.token
         listing, _headers = await with_rate_limit(
             lambda: upstream.api_json(f"/api/{entry.repo_type}s?author={quote(namespace)}&limit=1000", token),
             self.config.rate_limit_retries,
@@ -232,21 +262,18 @@ class SyncManager:
         return [RepoRef(entry.repo_type, i) for i in sorted(ids) if entry.matches(RepoRef(entry.repo_type, i))]
 
     async def _sync_revision(self, job: SyncJob, entry: AllowEntry, repo: RepoRef, target: RevisionProgress) -> bool:
-        services = self.services
-        token = services.config.upstream.token or None
+        token = self.token
         retries = self.config.rate_limit_retries
         target.state = "running"
         try:
             if is_commit(target.revision):
                 commit = target.revision
             else:
-                info = await with_rate_limit(
-                    lambda: services.revisions.fetch_info(repo, target.revision, token), retries
-                )
+                info = await with_rate_limit(lambda: self.revisions.fetch_info(repo, target.revision, token), retries)
                 commit = str(info["sha"])
             target.commit = commit
             _, listing = await with_rate_limit(
-                lambda: services.metadata.tree(repo, commit, "", True, False, token), retries
+                lambda: self.listings.tree(repo, commit, "", True, False, token), retries
             )
             target.files = [
                 FileProgress(e["path"], int(e.get("size", 0)))
@@ -259,7 +286,7 @@ class SyncManager:
                 await asyncio.gather(*(self._fetch(repo, commit, f, token, semaphore) for f in target.files))
             finally:
                 saver.cancel()
-        except HubError as exc:
+        except (HubError, StorageError) as exc:
             target.state, target.error = "failed", exc.message
             job.errors.append(f"{repo.repo_id}@{target.revision}: {exc.message}")
             return False
@@ -277,27 +304,26 @@ class SyncManager:
     async def _fetch(
         self, repo: RepoRef, commit: str, item: FileProgress, token: str | None, semaphore: asyncio.Semaphore
     ) -> None:
-        services = self.services
         async with semaphore:
             try:
                 entry = await with_rate_limit(
-                    lambda: services.entries.get(repo, commit, item.path, token), self.config.rate_limit_retries
+                    lambda: self.entries.get(repo, commit, item.path, token), self.config.rate_limit_retries
                 )
                 item.size = entry.size
                 # Stored, not merely cached: the branch moves only once every blob is durable.
-                if await services.blobs.is_stored(entry):
+                if await self.blobs.is_stored(entry):
                     item.state, item.done = "cached", entry.size
                     return
                 item.state = "downloading"
-                fill = services.filler.join(entry, token, self.bandwidth)
+                fill = self.filler.join(entry, token, self.bandwidth)
                 while not fill.done:
                     item.done = fill.written
                     await fill.wait_progress(1.0)
                 if fill.error is not None and not fill.verified:
                     raise fill.error
                 item.state, item.done = "done", entry.size
-                services.metrics.sync_bytes.inc(entry.size)
-            except HubError as exc:
+                self.metrics.sync_bytes.inc(entry.size)
+            except (HubError, StorageError) as exc:
                 item.state, item.error = "failed", exc.message
 
     async def _save_progress(self, job: SyncJob) -> None:
@@ -306,32 +332,14 @@ class SyncManager:
             await self._save(job)
 
     async def _record_entry(self, entry: AllowEntry, ok: bool, job: SyncJob) -> None:
-        key = entry_state_key(entry.id)
-        state = await self.services.records.get(key) or {}
+        key = keys.sync_entry_key(entry.id)
+        state = await self.records.get(key) or {}
         now = time.time()
         state.update({"entry_id": entry.id, "last_attempt": now, "last_job": job.id})
         if ok:
             state["last_success"] = now
             state.pop("last_error", None)
-            self.services.metrics.sync_last_success.labels(entry.id).set(now)
+            self.metrics.sync_last_success.labels(entry.id).set(now)
         else:
             state["last_error"] = "; ".join(job.errors[-3:]) or "failed"
-        await self.services.records.put(key, state)
-
-
-async def forget_repo(services: Services, pins: Pins, repo: RepoRef) -> int:
-    """Purge a repo's mappings and metadata (blobs stay: other repos may share them)."""
-    removed = 0
-    keys = [k async for k in services.storage.list(f"repos/{repo.storage_prefix}/")]
-    for key in keys:
-        removed += await services.storage.delete(key)
-    if not keys:
-        raise RepoNotFound(f"nothing cached for {repo.repo_type} {repo.repo_id}")
-    services.records.forget(f"repos/{repo.storage_prefix}/")
-    services.responses.forget(repo)
-    services.entries.forget(repo)
-    services.revisions.forget(repo)
-    services.metadata.forget(repo)
-    services.policy.forget(repo)
-    pins.forget(repo)
-    return removed
+        await self.records.put(key, state)

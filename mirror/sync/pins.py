@@ -7,20 +7,15 @@ only while an allow-list entry for the repo still names that revision.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 
+from mirror.cache import keys
 from mirror.cache.records import Records
 from mirror.policy.allowlist import AllowList
 from mirror.repo import RepoRef
 
 RELOAD_SECONDS = 5.0
-
-
-def pin_key(repo: RepoRef, revision: str) -> str:
-    digest = hashlib.sha256(revision.encode()).hexdigest()
-    return f"repos/{repo.storage_prefix}/pins/{digest}.json"
 
 
 class Pins:
@@ -35,13 +30,15 @@ class Pins:
             return None
         hit = self._memory.get((repo, revision))
         if hit is None or self.clock() - hit[1] > RELOAD_SECONDS:
-            record = await self.records.get(pin_key(repo, revision))
+            record = await self.records.get(keys.pin_key(repo, revision))
             hit = (record["commit"] if record else None, self.clock())
             self._memory[(repo, revision)] = hit
         return hit[0]
 
     async def publish(self, repo: RepoRef, revision: str, commit: str) -> None:
-        await self.records.put(pin_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()})
+        await self.records.put(
+            keys.pin_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
+        )
         self._memory[(repo, revision)] = (commit, self.clock())
 
     def forget(self, repo: RepoRef) -> None:

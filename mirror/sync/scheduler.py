@@ -10,34 +10,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
-import socket
 import time
 
+from mirror.cache import keys
+from mirror.cache.leases import Leases
 from mirror.cache.records import Records
 from mirror.config import SyncConfig
 from mirror.errors import StorageError
 from mirror.metrics import Metrics
 from mirror.policy.allowlist import AllowList
-from mirror.sync.jobs import SyncManager, entry_state_key
+from mirror.sync.jobs import SyncManager
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "admin/sync/scheduler-lease.json"
 JITTER = 0.1
 SETTLE_SECONDS = 0.2
 
 
 class Scheduler:
     def __init__(
-        self, manager: SyncManager, allowlist: AllowList, records: Records, config: SyncConfig, metrics: Metrics
+        self,
+        manager: SyncManager,
+        allowlist: AllowList,
+        records: Records,
+        leases: Leases,
+        config: SyncConfig,
+        metrics: Metrics,
     ) -> None:
+        """`leases`: the lease primitive fills use too; one replica at a time holds the scheduler's."""
         self.manager = manager
         self.allowlist = allowlist
         self.records = records
+        self.leases = leases
         self.config = config
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        self.owner = leases.owner
         self.leader = False
         self._task: asyncio.Task[None] | None = None
 
@@ -50,9 +57,7 @@ class Scheduler:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.leader:
             # Hand over at once rather than after the lease runs out.
-            lease = await self.records.get(LEASE_KEY)
-            if lease and lease.get("owner") == self.owner:
-                await self.records.put(LEASE_KEY, {"owner": None, "expires": 0})
+            await self.leases.release(keys.SCHEDULER_LEASE)
 
     async def _loop(self) -> None:
         while True:
@@ -66,17 +71,15 @@ class Scheduler:
             await asyncio.sleep(self.config.tick)
 
     async def hold_lease(self) -> bool:
-        now = time.time()
-        lease = await self.records.get(LEASE_KEY)
-        if lease and lease.get("owner") not in (None, self.owner) and lease.get("expires", 0) > now:
+        if self.leader:
+            return await self.leases.renew(keys.SCHEDULER_LEASE)
+        if await self.leases.claim(keys.SCHEDULER_LEASE) is not None:
+            return False  # another replica's live lease
+        # A takeover of an expired lease may race another replica's: the last write wins.
+        await asyncio.sleep(SETTLE_SECONDS)
+        if not await self.leases.confirm(keys.SCHEDULER_LEASE):
             return False
-        await self.records.put(LEASE_KEY, {"owner": self.owner, "expires": now + self.config.lease_ttl})
-        if not self.leader:
-            await asyncio.sleep(SETTLE_SECONDS)
-            lease = await self.records.get(LEASE_KEY)
-            if not lease or lease.get("owner") != self.owner:
-                return False
-            log.info("sync scheduler: %s now holds the lease", self.owner)
+        log.info("sync scheduler: %s now holds the lease", self.owner)
         return True
 
     async def start_due(self) -> None:
@@ -85,10 +88,10 @@ class Scheduler:
         for entry in await self.allowlist.entries():
             if entry.id in active:
                 continue
-            state = await self.records.get(entry_state_key(entry.id)) or {}
+            state = await self.records.get(keys.sync_entry_key(entry.id)) or {}
             if now < state.get("next_due", 0):
                 continue
             # Jitter spreads entries added together so they do not hit upstream in lockstep.
             state["next_due"] = now + entry.interval_seconds * random.uniform(1 - JITTER, 1 + JITTER)
-            await self.records.put(entry_state_key(entry.id), state)
+            await self.records.put(keys.sync_entry_key(entry.id), state)
             await self.manager.submit("schedule", entries=[entry])

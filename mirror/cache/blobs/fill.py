@@ -22,8 +22,9 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from mirror.cache.blobs.leases import FillLeases, Lease, LeaseUnavailable
+from mirror.cache import keys
 from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.leases import Lease, Leases, LeaseUnavailable
 from mirror.cache.metadata.entries import FileEntry
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
@@ -146,13 +147,11 @@ class Fill:
         self.chunk_size = chunk_size
         self.resume_attempts = resume_attempts
         self.written = 0
-        self.upstream_bytes = 0
-        self.resumes = 0
         # complete: every byte arrived and the hash matched (servable from the writer);
         # verified: also published in storage, so the writer is gone and storage serves it.
         self.complete = False
         self.verified = False
-        self.error: HubError | None = None
+        self.error: HubError | StorageError | None = None
         self.writer: BlobWriter | None = None
         self._changed = asyncio.Event()
         # The last few chunks stay in memory so followers close behind the fill (the usual case)
@@ -182,7 +181,7 @@ class Fill:
                 self.written = self.entry.size
             else:
                 self.writer = await self._bounded(self.storage.open_writer(self.entry.blob_key), "open a writer")
-                if getattr(self.writer, "window_start", None) is not None:
+                if self.writer.window_start is not None:
                     self._blocks = []
                 await self._download(self.writer)
                 self.complete = True
@@ -193,7 +192,7 @@ class Fill:
         except asyncio.CancelledError:
             self.error = StorageError("fill cancelled: the mirror is shutting down")
             raise
-        except HubError as exc:
+        except (HubError, StorageError) as exc:
             self.error = exc
             if isinstance(exc, IntegrityError) and self.handed_out and self.poison is not None:
                 # Before the followers hear of it (finally: _notify), so no resume can slip in.
@@ -293,7 +292,6 @@ class Fill:
                     raise UpstreamUnavailable(
                         f"upstream transfer of {entry.path} failed {failures} times in a row: {exc}"
                     ) from exc
-                self.resumes += 1
                 if self.metrics is not None:
                     self.metrics.fill_resumes.inc()
                 log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
@@ -306,7 +304,6 @@ class Fill:
         async with resp:
             skip = pos if resp.status == 200 else 0  # upstream ignored the Range: drop what we have
             async for chunk in batched(resp.content, self.chunk_size):
-                self.upstream_bytes += len(chunk)
                 if self.metrics is not None:
                     self.metrics.upstream_bytes.inc(len(chunk))
                 if skip:
@@ -424,7 +421,7 @@ class Fill:
         return True
 
     def _back_in_window(self, pos: int) -> bool:
-        window_start = getattr(self.writer, "window_start", None)
+        window_start = self.writer.window_start if self.writer is not None else None
         return window_start is not None and window_start <= pos < self._readable()
 
     async def _catch_up(self, pos: int, end: int) -> AsyncIterator[bytes]:
@@ -494,7 +491,7 @@ class Filler:
         cache: CacheConfig,
         upstream_cfg: UpstreamConfig,
         metrics: Metrics | None = None,
-        leases: FillLeases | None = None,
+        leases: Leases | None = None,
         poison: PoisonLedger | None = None,
     ) -> None:
         self.metrics = metrics
@@ -508,7 +505,6 @@ class Filler:
         self._fills: dict[str, Fill] = {}
         self._tasks: dict[asyncio.Task[None], Fill] = {}
         self.started = 0
-        self.coalesced = 0
 
     async def start(self, entry: FileEntry, token: str | None, *, may_proxy: bool = True) -> Fill | Lease:
         """The fill of this blob, joined or started here, or the live lease of another replica.
@@ -522,11 +518,11 @@ class Filler:
         if self.leases is None or key in self._fills:
             return self.join(entry, token)
         try:
-            holder = await self.leases.claim(key)
+            holder = await self.leases.claim(keys.fill_lease_key(key))
             if holder is not None:
                 if may_proxy:
                     return holder
-                await self.leases.take(key)  # filling here anyway: the others should come here
+                await self.leases.take(keys.fill_lease_key(key))  # filling here anyway: the others should come here
         except LeaseUnavailable as exc:
             # Leases only save upstream traffic: without the store's answer, fill here unleased.
             log.warning("filling %s without a lease: %s", key, exc.message)
@@ -540,7 +536,6 @@ class Filler:
         """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
         fill = self._fills.get(entry.blob_key)
         if fill is not None:
-            self.coalesced += 1
             stats = current_stats()
             if stats is not None:
                 stats.joined_fill = True
@@ -586,7 +581,7 @@ class Filler:
             if self.leases is not None and key in self._leased:
                 self._leased.discard(key)
                 # After the publish: a replica that reads the lease now finds the blob first.
-                await self.leases.release(key)
+                await self.leases.release(keys.fill_lease_key(key))
             if integrity and self.poison is not None:
                 await self.poison.flush()  # durable before the fill counts as ended (settle, shutdown)
 
@@ -594,7 +589,7 @@ class Filler:
         assert self.leases is not None
         while True:
             await asyncio.sleep(self.leases.ttl / 3)
-            if key in self._leased and not await self.leases.renew(key):
+            if key in self._leased and not await self.leases.renew(keys.fill_lease_key(key)):
                 self._leased.discard(key)  # taken over by a replica that could not reach us
 
     def finished(self, blob_key: str) -> Fill | None:

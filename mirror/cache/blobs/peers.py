@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from mirror.cache.blobs.leases import Lease
+from mirror.cache.leases import Lease
 from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import UpstreamUnavailable
 from mirror.metrics import Metrics

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -46,7 +46,12 @@ class Revisions:
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
         stale_wait: float = STALE_WAIT,
+        *,
+        pins: PinSource | None = None,
+        observers: Sequence[InfoObserver] = (),
     ) -> None:
+        """`pins`: branches a completed sync fixed; `observers`: told of every repo info fetched
+        (the access policy learns visibility from them)."""
         self.upstream = upstream
         self.records = records
         self.ttl = ttl
@@ -56,8 +61,8 @@ class Revisions:
         self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
         self._revalidator = Revalidator(stale_wait, clock)
         self._stale_log = LogLimit(log)
-        self.observers: list[InfoObserver] = []
-        self.pins: PinSource | None = None
+        self.observers: tuple[InfoObserver, ...] = tuple(observers)
+        self.pins = pins
 
     async def close(self) -> None:
         """Cancel refreshes still running (at shutdown, before the upstream session closes)."""
