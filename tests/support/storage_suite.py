@@ -361,7 +361,9 @@ async def test_check_writable_passes_and_leaves_nothing_behind(store: Storage) -
 async def test_backend_failures_are_typed(broken_store: Storage) -> None:
     with pytest.raises(StorageUnavailable) as put_error:
         await broken_store.put_bytes("meta/a.json", b"{}")
-    assert isinstance(put_error.value, StorageError) and put_error.value.status == 503
+    # Typed, with a message for the log, and no HTTP status: storage knows nothing of HTTP.
+    assert isinstance(put_error.value, StorageError) and put_error.value.message
+    assert not hasattr(put_error.value, "status")
     with pytest.raises(StorageUnavailable):
         await broken_store.check_writable()
     with pytest.raises(StorageUnavailable):

@@ -35,6 +35,7 @@ from mirror.upstream import RetryableBodyError, Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_timeout = getattr(asyncio, "timeout", None)
 
 
 class Throttle(Protocol):
@@ -214,7 +215,11 @@ class Fill:
         """A storage operation of this fill, failed as StorageUnavailable if it hangs."""
         limit = self.storage_timeout if timeout is None else timeout
         try:
-            return await asyncio.wait_for(operation, limit)
+            if _timeout is None:  # Python 3.10
+                return await asyncio.wait_for(operation, limit)
+            # Unlike wait_for, no task per call: this runs for every chunk of every fill.
+            async with _timeout(limit):
+                return await operation
         except asyncio.TimeoutError:
             raise StorageUnavailable(f"storage did not {what} for {self.entry.blob_key} within {limit:.0f} s") from None
 
