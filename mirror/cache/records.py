@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from mirror.cache import keys
+from mirror.cache.memo import Memo
 from mirror.errors import StorageError
 from mirror.metrics import LogLimit, Metrics
 from mirror.storage import Storage
@@ -34,11 +34,10 @@ class Records:
         self.storage = storage
         self.memory_budget = memory_budget
         self.metrics = metrics
-        self._memory: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._memory_size = 0
+        # (value, size of its JSON) of immutable records, parsed once.
+        self._memory: Memo[str, tuple[Any, int]] = Memo(memory_budget, sizeof=_second)
         # Newer than what storage holds for the key, so read before it.
-        self._unsaved: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._unsaved_size = 0
+        self._unsaved: Memo[str, tuple[Any, int]] = Memo(UNSAVED_BUDGET, sizeof=_second)
         self._write_failures = LogLimit(log)
 
     async def get(self, key: str) -> Any | None:
@@ -47,7 +46,6 @@ class Records:
             return unsaved[0]
         hit = self._memory.get(key)
         if hit is not None:
-            self._memory.move_to_end(key)
             return hit[0]
         data = await self.storage.get_bytes(key)
         if data is None:
@@ -64,8 +62,8 @@ class Records:
         """Store a record; raises StorageError (for records that must not be lost: admin, sync)."""
         data = json.dumps(value, separators=(",", ":")).encode()
         await self.storage.put_bytes(key, data)
-        self._forget_unsaved(key)
-        self._forget_key(key)
+        self._unsaved.pop(key)
+        self._memory.pop(key)
         self._remember(key, value, len(data))
 
     async def put_best_effort(self, key: str, value: Any) -> bool:
@@ -78,13 +76,7 @@ class Records:
             await self.put(key, value)
         except StorageError as exc:
             size = len(json.dumps(value, separators=(",", ":")))
-            self._forget_unsaved(key)
-            if size <= UNSAVED_BUDGET // 4:
-                self._unsaved[key] = (value, size)
-                self._unsaved_size += size
-                while self._unsaved_size > UNSAVED_BUDGET:
-                    _, (_, dropped) = self._unsaved.popitem(last=False)
-                    self._unsaved_size -= dropped
+            self._unsaved.put(key, (value, size))
             if self.metrics is not None:
                 self.metrics.metadata_write_failures.inc()
             self._write_failures.warning(
@@ -95,26 +87,13 @@ class Records:
 
     def forget(self, prefix: str) -> None:
         """Drop cached copies under a prefix (after a purge)."""
-        for key in [k for k in self._memory if k.startswith(prefix)]:
-            self._forget_key(key)
-        for key in [k for k in self._unsaved if k.startswith(prefix)]:
-            self._forget_unsaved(key)
+        self._memory.forget(lambda key: key.startswith(prefix))
+        self._unsaved.forget(lambda key: key.startswith(prefix))
 
     def _remember(self, key: str, value: Any, size: int) -> None:
-        if not keys.is_immutable(key) or size > self.memory_budget // 4:
-            return
-        self._memory[key] = (value, size)
-        self._memory_size += size
-        while self._memory_size > self.memory_budget:
-            _, (_, dropped) = self._memory.popitem(last=False)
-            self._memory_size -= dropped
+        if keys.is_immutable(key):
+            self._memory.put(key, (value, size))
 
-    def _forget_key(self, key: str) -> None:
-        hit = self._memory.pop(key, None)
-        if hit is not None:
-            self._memory_size -= hit[1]
 
-    def _forget_unsaved(self, key: str) -> None:
-        hit = self._unsaved.pop(key, None)
-        if hit is not None:
-            self._unsaved_size -= hit[1]
+def _second(item: tuple[Any, int]) -> int:
+    return item[1]

@@ -7,10 +7,10 @@ sha256) and size. Commits are immutable, so entries, and "no such file" answers,
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from mirror.cache import keys
+from mirror.cache.memo import Memo
 from mirror.cache.records import Records
 from mirror.cache.singleflight import SingleFlight
 from mirror.errors import EntryNotFound
@@ -48,12 +48,11 @@ class Entries:
         self.records = records
         self._flight: SingleFlight[FileEntry] = SingleFlight()
         # A small in-memory front so hot files cost no storage read per request.
-        self._memory: OrderedDict[tuple[RepoRef, str, str], FileEntry | None] = OrderedDict()
+        self._memory: Memo[tuple[RepoRef, str, str], FileEntry | None] = Memo(MEMORY_ENTRIES)
 
     async def get(self, repo: RepoRef, commit: str, path: str, token: str | None) -> FileEntry:
         mem_key = (repo, commit, path)
         if mem_key in self._memory:
-            self._memory.move_to_end(mem_key)
             entry = self._memory[mem_key]
             if entry is None:
                 raise missing_entry(path, commit)
@@ -82,10 +81,7 @@ class Entries:
         return entry
 
     def forget(self, repo: RepoRef) -> None:
-        for key in [k for k in self._memory if k[0] == repo]:
-            del self._memory[key]
+        self._memory.forget(lambda key: key[0] == repo)
 
     def _remember(self, key: tuple[RepoRef, str, str], entry: FileEntry | None) -> None:
-        self._memory[key] = entry
-        if len(self._memory) > MEMORY_ENTRIES:
-            self._memory.popitem(last=False)
+        self._memory.put(key, entry)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from mirror.cache.memo import Memo
 from mirror.cache.records import Records
 from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
@@ -40,10 +40,9 @@ class LatestAnswers:
         self.budget = budget
         # storage key -> time its answer is trusted until. Kept apart from the answers, so that an
         # answer too large to keep in memory is still trusted for its TTL (and read from storage).
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self._until: Memo[str, float] = Memo(MAX_STAMPS)
         # storage key -> (answer, size): the last known answers, least recently used first.
-        self._memory: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        self._size = 0
+        self._memory: Memo[str, tuple[Any, int]] = Memo(budget, sizeof=lambda item: item[1])
         self._flight: SingleFlight[Any] = SingleFlight()
         self._revalidator = Revalidator(stale_wait, clock)
 
@@ -53,10 +52,8 @@ class LatestAnswers:
 
     def forget(self, prefix: str) -> None:
         """Drop what memory holds under a storage prefix (after a purge)."""
-        for key in [k for k in self._until if k.startswith(prefix)]:
-            del self._until[key]
-        for key in [k for k in self._memory if k.startswith(prefix)]:
-            self._drop(key)
+        self._until.forget(lambda key: key.startswith(prefix))
+        self._memory.forget(lambda key: key.startswith(prefix))
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[Any]], token: str | None) -> Any:
         """The answer stored under `key`: fresh, or upstream's new one, or the last known one.
@@ -66,7 +63,7 @@ class LatestAnswers:
         repo is gone, access was withdrawn) reaches the caller even when an answer is known.
         """
         known = self._recall(key)
-        if self._until.get(key, 0.0) > self.clock():
+        if (self._until.get(key) or 0.0) > self.clock():
             if known is None:
                 known = await self.records.get(key)
             if known is not None:
@@ -95,29 +92,11 @@ class LatestAnswers:
 
     def _recall(self, key: str) -> Any | None:
         hit = self._memory.get(key)
-        if hit is None:
-            return None
-        self._memory.move_to_end(key)
-        return hit[0]
+        return None if hit is None else hit[0]
 
     def _stamp(self, key: str, until: float) -> None:
-        self._until.pop(key, None)
-        self._until[key] = until
-        while len(self._until) > MAX_STAMPS:
-            self._until.popitem(last=False)
+        self._until.put(key, until)
 
     def _remember(self, key: str, value: Any) -> None:
-        self._drop(key)
-        size = len(json.dumps(value, separators=(",", ":")))
-        if size > self.budget // 8:
-            return  # too large to keep parsed; storage has it
-        self._memory[key] = (value, size)
-        self._size += size
-        while self._size > self.budget:
-            _, (_, dropped) = self._memory.popitem(last=False)
-            self._size -= dropped
-
-    def _drop(self, key: str) -> None:
-        hit = self._memory.pop(key, None)
-        if hit is not None:
-            self._size -= hit[1]
+        # One too large to keep parsed is not kept (storage has it).
+        self._memory.put(key, (value, len(json.dumps(value, separators=(",", ":")))))
