@@ -80,7 +80,9 @@ class MirrorThread:
             return await handler(request)
 
         app.middlewares.insert(0, record)
-        self._runner = web.AppRunner(app, access_log=None)
+        # As `hub-mirror serve` runs it: aiohttp gives handlers the grace and a little more, the
+        # mirror cuts what is left at the end of the grace (hub/drain.py).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.server.shutdown_grace + 5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -133,7 +135,13 @@ class MirrorThread:
 
     def stop(self) -> None:
         if self._runner is not None:
-            self.call(self._runner.cleanup())
+            try:
+                self.call(self._runner.cleanup(), timeout=self.config.server.shutdown_grace + 60)
+            except TimeoutError:
+                # Say what the shutdown is stuck on, so a hang shows its cause in the test log.
+                for task in asyncio.all_tasks(self.loop):
+                    task.print_stack(limit=8)
+                raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
