@@ -18,6 +18,7 @@ from mirror.errors import UpstreamUnavailable
 from mirror.metrics import CURRENT_REQUEST, current_stats
 
 V = TypeVar("V")
+K = TypeVar("K")
 
 STALE_WAIT = 1.0  # cache.stale_wait's default
 # Keys whose last refresh failed, remembered so their callers stop waiting; more are forgotten.
@@ -46,6 +47,19 @@ class Revalidator:
         self._running: dict[Hashable, tuple[asyncio.Task[Any], float]] = {}
         self._failed: OrderedDict[Hashable, None] = OrderedDict()
         self._closed = False
+
+    async def latest(self, key: Hashable, fetch: Callable[[], Awaitable[V]], known: K) -> V | K:
+        """Upstream's new answer if it came in time, else `known` (also when upstream is down).
+
+        Other errors (the repo is gone, access was withdrawn) reach the caller.
+        """
+        done = await self.refresh(key, fetch)
+        if done is None:
+            return known
+        try:
+            return done.result()
+        except UpstreamUnavailable:
+            return known
 
     async def refresh(self, key: Hashable, fetch: Callable[[], Awaitable[V]]) -> asyncio.Task[V] | None:
         """The finished refresh (read its result or error), or None: serve the last known answer."""

@@ -11,7 +11,6 @@ upstream has not judged for this repo still needs upstream's answer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -103,11 +102,8 @@ class AccessPolicy:
         elif hit[1] > self.clock():
             denial = hit[0]
         else:
-            done = await self._revalidator.refresh(("access", key), lambda: self._decide(key, repo, token))
-            denial = hit[0]  # unless upstream answers in time, the known decision stays in force
-            if done is not None:
-                with contextlib.suppress(UpstreamUnavailable):
-                    denial = done.result()
+            # Unless upstream answers in time, the known decision stays in force.
+            denial = await self._revalidator.latest(("access", key), lambda: self._decide(key, repo, token), hit[0])
         if denial is not None:
             raise denial
 
@@ -139,13 +135,7 @@ class AccessPolicy:
             # Nothing known: only upstream can say (if it cannot, a 5xx, so clients fall back to
             # their own caches).
             return await self._probe.do(repo, lambda: self._probe_now(repo))
-        done = await self._revalidator.refresh(("visibility", repo), lambda: self._probe_now(repo))
-        if done is None:
-            return known
-        try:
-            return done.result()
-        except UpstreamUnavailable:
-            return known
+        return await self._revalidator.latest(("visibility", repo), lambda: self._probe_now(repo), known)
 
     async def _stored_visibility(self, repo: RepoRef) -> str | None:
         record = await self.records.get(keys.visibility_key(repo))

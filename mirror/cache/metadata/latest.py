@@ -18,7 +18,6 @@ from mirror.cache.memo import Memo
 from mirror.cache.records import Records
 from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
-from mirror.errors import UpstreamUnavailable
 from mirror.tokens import fingerprint
 
 MEMORY_BUDGET = 32 * 1024 * 1024  # bytes of serialised answers kept parsed in memory
@@ -82,13 +81,7 @@ class LatestAnswers:
             if known is None:
                 return await self._flight.do(flight_key, fetch_and_keep)
             self._remember(key, known)  # known, and due for a refresh
-        done = await self._revalidator.refresh(flight_key, fetch_and_keep)
-        if done is None:
-            return known
-        try:
-            return done.result()
-        except UpstreamUnavailable:
-            return known
+        return await self._revalidator.latest(flight_key, fetch_and_keep, known)
 
     def _recall(self, key: str) -> Any | None:
         hit = self._memory.get(key)

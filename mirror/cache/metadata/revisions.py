@@ -158,13 +158,7 @@ class Revisions:
     ) -> dict[str, Any] | None:
         """Upstream's info now, or None when it has not answered in time (serve the last known)."""
         key = (repo, revision, query, fingerprint(token))
-        done = await self._revalidator.refresh(key, lambda: self._fetch_now(repo, revision, query, token))
-        if done is None:
-            return None
-        try:
-            return done.result()
-        except UpstreamUnavailable:
-            return None
+        return await self._revalidator.latest(key, lambda: self._fetch_now(repo, revision, query, token), None)
 
     def _served_stale(self, repo: RepoRef, revision: str | None, commit: str) -> None:
         self._stale_log.warning(
