@@ -36,8 +36,7 @@ async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamRe
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        _cut_if_started(request)
-        if exc.status >= 400 and request.writer is not None and request.writer.output_size == 0:
+        if not _cut_if_started(request) and exc.status >= 400:
             # aiohttp's own answers (no route, method not allowed) in the Hub's shape too.
             kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
             return error_response(HubError(exc.reason or "error", status=exc.status, headers=kept))
@@ -62,13 +61,16 @@ async def hub_errors(request: web.Request, handler: web.Handler) -> web.StreamRe
         return error_response(HubError("internal error in the mirror", status=500))
 
 
-def _cut_if_started(request: web.Request) -> None:
-    """Close the connection if this request's status line and headers are already out.
+def _cut_if_started(request: web.Request) -> bool:
+    """Close the connection if this request's status line and headers are already out; True if so.
 
     A second response on a keep-alive connection would be read as the answer to the client's next
     request, shifting every later answer by one. Cut, aiohttp cannot write the error either.
     """
     writer = request.writer
-    if writer is not None and writer.output_size > 0 and request.transport is not None:
-        log.warning("%s %s failed after its headers were sent; closing the connection", request.method, request.path)
+    if writer is None or writer.output_size == 0:
+        return False
+    log.warning("%s %s failed after its headers were sent; closing the connection", request.method, request.path)
+    if request.transport is not None:
         request.transport.abort()
+    return True
