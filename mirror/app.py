@@ -15,7 +15,6 @@ from aiohttp import web
 from mirror.admin.routes import add_admin_routes
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
-from mirror.cache.blobs.peers import Peers
 from mirror.cache.blobs.poison import PoisonLedger
 from mirror.cache.leases import Leases
 from mirror.cache.metadata.entries import Entries
@@ -52,6 +51,7 @@ from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
 from mirror.metrics import Metrics
 from mirror.policy import AccessPolicy, AllowList, Policy
+from mirror.replicas import Replicas
 from mirror.storage import LocalStorage, Storage
 from mirror.storage.s3 import S3Storage
 from mirror.sync.jobs import SyncManager
@@ -102,14 +102,14 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     entries = Entries(upstream, records)
     listings = Metadata(upstream, records, revisions, cache.refs_ttl, stale_wait=cache.stale_wait)
     # Replicas that advertise themselves share fills through leases in storage (one upstream fetch).
-    leases = peers = peer_session = None
+    leases = replicas = replica_session = None
     if config.server.advertise_url:
-        peer_session = Peers.new_session(config.upstream.connect_timeout, config.upstream.read_timeout)
+        replica_session = Replicas.new_session(config.upstream.connect_timeout, config.upstream.read_timeout)
         leases = Leases(storage, config.server.advertise_url, cache.fill_lease_ttl)
-        peers = Peers(peer_session, metrics)
+        replicas = Replicas(replica_session, metrics)
     filler = Filler(storage, upstream, cache, config.upstream, metrics, leases, PoisonLedger(storage))
     metrics.track_fills(lambda: filler.in_flight)
-    blobs = Blobs(storage, filler, peers)
+    blobs = Blobs(storage, filler, replicas)
     policy = Policy(allowlist, access)
     responses = ResponseCache()
     purge = Purge(storage, records)
@@ -161,8 +161,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await listings.close()
         await policy.close()
         await session.close()
-        if peer_session is not None:
-            await peer_session.close()
+        if replica_session is not None:
+            await replica_session.close()
         await storage.close()
 
 

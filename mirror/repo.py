@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from mirror.errors import BadRequest
 
@@ -41,6 +42,25 @@ class RepoRef:
 
     def __str__(self) -> str:
         return f"{self.repo_type}:{self.repo_id}"
+
+
+class FileAt(Protocol):
+    """One file at one commit, with the content hash and size it must have.
+
+    What the transport needs to fetch a file's bytes and check they are the file's; the cache's
+    FileEntry is one.
+    """
+
+    @property
+    def repo(self) -> RepoRef: ...
+    @property
+    def commit(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def size(self) -> int: ...
 
 
 def validate_repo_id(repo_id: str) -> str:

@@ -9,16 +9,21 @@ Every request's outcome feeds a circuit breaker: after `breaker_failures` failur
 with a last known answer serve it at once and the others get a 5xx at once instead of a hang. The
 breaker's state is the `hub_mirror_upstream_up` gauge. Error messages for clients never name the
 upstream's address; the detail goes to the log.
+
+A file's bytes come out of `body` as plain chunks: a transfer that drops, stalls or ends early is
+resumed here with Range (re-resolving the signed location each time), so nothing above the
+transport handles HTTP responses or their errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -32,13 +37,14 @@ from mirror.errors import (
     EntryNotFound,
     GatedRepo,
     HubError,
+    IntegrityError,
     RepoNotFound,
     RevisionNotFound,
     UpstreamError,
     UpstreamUnavailable,
 )
 from mirror.metrics import LogLimit, Metrics, observe_upstream
-from mirror.repo import RepoRef
+from mirror.repo import FileAt, RepoRef
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,47 @@ def unreachable_reason(exc: BaseException) -> str:
 
 class RetryableBodyError(Exception):
     """A body fetch failed in a way that a new attempt (re-resolved, with Range) may fix."""
+
+
+# Upstream bytes are handed on in batches of up to the caller's chunk size, or whatever arrived
+# within this many seconds, so slow upstreams still reach clients promptly.
+BATCH_WAIT = 0.05
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+async def batched(stream: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """Chunks of about `size` bytes from a stream that hands out whatever arrived (often 256 KiB).
+
+    Pieces are taken as received (readchunk hands out one buffered piece without joining, unlike
+    readany) and joined once per chunk: at cold-fill rates every extra copy of the bytes costs a
+    visible share of a core.
+    """
+    pieces: list[bytes] = []
+    held = 0
+    started = 0.0
+    while True:
+        try:
+            data, end_of_http_chunk = await stream.readchunk()
+        except BaseException:
+            if pieces:
+                yield _joined(pieces)  # keep what arrived; the caller resumes after it
+            raise
+        if not data:
+            if end_of_http_chunk:
+                continue  # a chunked body's chunk boundary, not its end
+            break
+        if not pieces:
+            started = time.monotonic()
+        pieces.append(data)
+        held += len(data)
+        if held >= size or time.monotonic() - started >= BATCH_WAIT:
+            yield _joined(pieces)
+            pieces, held = [], 0
+    if pieces:
+        yield _joined(pieces)
 
 
 @dataclass(frozen=True)
@@ -390,9 +437,53 @@ class Upstream:
             raise UpstreamError(f"upstream size {size_header!r} is not a number", status=502) from None
         return FileMeta(etag=etag, size=size)
 
-    async def open_body(
-        self, repo: RepoRef, commit: str, path: str, token: str | None, offset: int
-    ) -> aiohttp.ClientResponse:
+    async def body(self, file: FileAt, token: str | None, start: int, *, chunk_size: int) -> AsyncIterator[bytes]:
+        """The file's bytes from `start` to its end, in chunks of about `chunk_size`.
+
+        A transfer that breaks (dropped connection, read timeout, body ended early, an expired
+        signed URL, a 5xx) is resumed with Range from the next byte; `resume_attempts` failures in
+        a row without a byte in between end it with UpstreamUnavailable. More bytes than the file's
+        size are an IntegrityError. Refusals (401/403/404 from the Hub itself) end it at once.
+        """
+        pos = start
+        failures = 0
+        while pos < file.size:
+            try:
+                async with contextlib.aclosing(self._body_from(file, token, pos, chunk_size)) as chunks:
+                    async for chunk in chunks:
+                        if pos + len(chunk) > file.size:
+                            raise IntegrityError(f"upstream sent more than the {file.size} bytes of {file.path}")
+                        pos += len(chunk)
+                        failures = 0
+                        yield chunk
+                if pos < file.size:
+                    raise RetryableBodyError("upstream body ended early")
+            except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                failures += 1
+                if failures > self.config.resume_attempts:
+                    raise UpstreamUnavailable(
+                        f"upstream transfer of {file.path} failed {failures} times in a row: {exc}"
+                    ) from exc
+                if self.metrics is not None:
+                    self.metrics.fill_resumes.inc()
+                log.warning("upstream transfer of %s broke at byte %d (%s); resuming", file.path, pos, exc)
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _body_from(self, file: FileAt, token: str | None, pos: int, chunk_size: int) -> AsyncIterator[bytes]:
+        """The file's bytes from `pos`, from one upstream response."""
+        resp = await self._open_body(file, token, pos)
+        async with resp:
+            skip = pos if resp.status == 200 else 0  # upstream ignored the Range: drop what we have
+            async for chunk in batched(resp.content, chunk_size):
+                if self.metrics is not None:
+                    self.metrics.upstream_bytes.inc(len(chunk))
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                if chunk:
+                    yield chunk
+
+    async def _open_body(self, file: FileAt, token: str | None, offset: int) -> aiohttp.ClientResponse:
         """GET a file's bytes from `offset`, re-resolving the (signed) location every time.
 
         Returns a response with status 200 (the whole body: the caller skips `offset` bytes) or 206
@@ -401,8 +492,9 @@ class Upstream:
         headers = {"Range": f"bytes={offset}-"} if offset else None
         try:
             resp = await self.request(
-                "GET", self.resolve_url(repo, commit, path), token, headers=headers, follow_off_origin=True
-            )
+                "GET", self.resolve_url(file.repo, file.commit, file.path), token, headers=headers,
+                follow_off_origin=True,
+            )  # fmt: skip
         except UpstreamUnavailable as exc:
             raise RetryableBodyError(str(exc)) from exc
         if resp.status == 200 or (resp.status == 206 and _range_start(resp) == offset):

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from mirror.cache.blobs.fill import batched
+from mirror.upstream import batched
 
 PIECES = [os.urandom(n) for n in (1, 70_000, 300_000, 5, 200_000)]
 BODY = b"".join(PIECES)

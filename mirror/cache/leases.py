@@ -1,7 +1,7 @@
 """Leases in shared storage: which replica does a piece of work, for replicas that share storage.
 
 One primitive for every lease: fills (which replica fetches a blob from upstream; the others
-stream it from that one, cache/blobs/peers.py) and the sync scheduler (which replica starts due
+stream it from that one, replicas.py) and the sync scheduler (which replica starts due
 syncs). A claim creates the lease object with a conditional write (Storage.create_exclusive),
 naming the holder and the URL the other replicas reach it at; the holder renews it while it works,
 and a lease past its expiry is taken over.

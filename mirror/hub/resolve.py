@@ -17,7 +17,6 @@ from urllib.parse import quote
 from aiohttp import web
 
 from mirror.cache.blobs.blobs import BlobBody
-from mirror.cache.blobs.peers import PEER_HEADER
 from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import PreconditionFailed, ResumeRefused
 from mirror.hub.appkeys import BLOBS, ENTRIES, METRICS, POLICY, REVISIONS
@@ -26,6 +25,7 @@ from mirror.hub.errors import error_response
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range, restarts_on_full_answer
 from mirror.metrics import current_stats
+from mirror.replicas import PEER_HEADER
 from mirror.tokens import bearer_token
 
 log = logging.getLogger(__name__)

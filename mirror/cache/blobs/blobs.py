@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.cache.blobs.fill import Fill, Filler
-from mirror.cache.blobs.peers import Peers
 from mirror.cache.metadata.entries import FileEntry
+from mirror.replicas import Replicas
 from mirror.storage import Storage
 
 
@@ -28,10 +28,10 @@ class BlobBody:
 
 
 class Blobs:
-    def __init__(self, storage: Storage, filler: Filler, peers: Peers | None = None) -> None:
+    def __init__(self, storage: Storage, filler: Filler, replicas: Replicas | None = None) -> None:
         self.storage = storage
         self.filler = filler
-        self.peers = peers
+        self.replicas = replicas
 
     async def is_cached(self, entry: FileEntry) -> bool:
         """Servable without upstream: published, or complete in a fill being published."""
@@ -62,7 +62,7 @@ class Blobs:
         from other replicas, which are never passed on again.
         """
         key = entry.blob_key
-        may_proxy = may_proxy and self.peers is not None
+        may_proxy = may_proxy and self.replicas is not None
         while True:
             if await self.storage.stat(key) is not None:
                 if disposition is not None:
@@ -79,8 +79,8 @@ class Blobs:
             started = await self.filler.start(entry, token, may_proxy=may_proxy)
             if isinstance(started, Fill):
                 return await self._from_fill(started, start, end)
-            assert self.peers is not None
-            chunks = await self.peers.open(started, entry, token, start, end)
+            assert self.replicas is not None
+            chunks = await self.replicas.open(started.url, entry, token, start, end)
             if chunks is not None:
                 return BlobBody(source="peer", chunks=chunks)
             # The holder cannot serve it: look once more (it may have just published), else fill here.

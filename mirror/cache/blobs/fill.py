@@ -1,9 +1,9 @@
 """Filling a blob from upstream while streaming it to every client that wants it.
 
 One Fill per blob key, however many clients ask at once (single-flight). The fill writes through a
-storage BlobWriter (nothing is buffered in memory beyond one chunk), hashes while it streams,
-resumes with Range when the upstream connection drops, and publishes only if the hash and size
-match. Followers read what has been written so far through the writer; the last byte is held back
+storage BlobWriter (nothing is buffered in memory beyond one chunk), hashes while it streams the
+file's bytes from the transport (which resumes broken transfers with Range), and publishes only if
+the hash and size match. Followers read what has been written so far through the writer; the last byte is held back
 until the hash matches, so no client can complete a download of bytes that failed the check. The
 publish (fsync and rename, or completing a multipart upload) happens after that: clients do not wait
 for the disk, and a blob is visible to other readers only once it is durable.
@@ -20,8 +20,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
-
 from mirror.cache import keys
 from mirror.cache.blobs.poison import PoisonLedger
 from mirror.cache.leases import Lease, Leases, LeaseUnavailable
@@ -31,7 +29,7 @@ from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavai
 from mirror.metrics import Metrics, current_stats
 from mirror.storage import BlobWriter, Storage
 from mirror.storage.base import StorageUnavailable, WindowPassed
-from mirror.upstream import RetryableBodyError, Upstream
+from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,45 +47,10 @@ BLOCK = 1024 * 1024
 # this many seconds (well under huggingface_hub's 10 s read timeout), rather than fetching upstream.
 FOLLOWER_WAIT = 4.0
 PIPELINE_CHUNKS = 4
-# Upstream bytes are processed in batches of up to chunk_size, or whatever arrived within this
-# many seconds, so slow upstreams still reach clients promptly.
-BATCH_WAIT = 0.05
 
 
-def _joined(pieces: list[bytes]) -> bytes:
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-async def batched(stream: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
-    """Chunks of about `size` bytes from a stream that hands out whatever arrived (often 256 KiB).
-
-    Pieces are taken as received (readchunk hands out one buffered piece without joining, unlike
-    readany) and joined once per chunk: at cold-fill rates every extra copy of the bytes costs a
-    visible share of a core.
-    """
-    pieces: list[bytes] = []
-    held = 0
-    started = 0.0
-    while True:
-        try:
-            data, end_of_http_chunk = await stream.readchunk()
-        except BaseException:
-            if pieces:
-                yield _joined(pieces)  # keep what arrived; the caller resumes after it
-            raise
-        if not data:
-            if end_of_http_chunk:
-                continue  # a chunked body's chunk boundary, not its end
-            break
-        if not pieces:
-            started = time.monotonic()
-        pieces.append(data)
-        held += len(data)
-        if held >= size or time.monotonic() - started >= BATCH_WAIT:
-            yield _joined(pieces)
-            pieces, held = [], 0
-    if pieces:
-        yield _joined(pieces)
+class BlockMismatch(Exception):
+    """A block fetched for a follower differs from the same block of the fill's bytes."""
 
 
 def content_hasher(entry: FileEntry) -> Any:
@@ -275,47 +238,13 @@ class Fill:
                 self._block_hasher, self._block_len = hashlib.sha256(), 0
 
     async def _receive(self, queue: asyncio.Queue[bytes | None], store: asyncio.Task[None]) -> None:
-        entry = self.entry
-        offset = 0  # bytes received (some may still be queued for the store task)
-        failures = 0
-        while offset < entry.size:
-            try:
-                async with contextlib.aclosing(self._upstream_from(offset)) as chunks:
-                    async for chunk in chunks:
-                        if offset + len(chunk) > entry.size:
-                            raise IntegrityError(f"upstream sent more than the {entry.size} bytes of {entry.path}")
-                        await _hand_over(queue, chunk, store)
-                        if self.throttle is not None:
-                            await self.throttle.consume(len(chunk))
-                        offset += len(chunk)
-                        failures = 0
-                if offset < entry.size:
-                    raise RetryableBodyError("upstream body ended early")
-            except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                failures += 1
-                if failures > self.resume_attempts:
-                    raise UpstreamUnavailable(
-                        f"upstream transfer of {entry.path} failed {failures} times in a row: {exc}"
-                    ) from exc
-                if self.metrics is not None:
-                    self.metrics.fill_resumes.inc()
-                log.warning("upstream transfer of %s broke at byte %d (%s); resuming", entry.path, offset, exc)
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-
-    async def _upstream_from(self, pos: int) -> AsyncIterator[bytes]:
-        """The file's bytes from `pos`, from one upstream response (re-resolved, so never a stale URL)."""
-        entry = self.entry
-        resp = await self.upstream.open_body(entry.repo, entry.commit, entry.path, self.token, pos)
-        async with resp:
-            skip = pos if resp.status == 200 else 0  # upstream ignored the Range: drop what we have
-            async for chunk in batched(resp.content, self.chunk_size):
-                if self.metrics is not None:
-                    self.metrics.upstream_bytes.inc(len(chunk))
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                if chunk:
-                    yield chunk
+        # The transport resumes broken transfers; what reaches here is the file's bytes in order.
+        body = self.upstream.body(self.entry, self.token, 0, chunk_size=self.chunk_size)
+        async with contextlib.aclosing(body) as chunks:
+            async for chunk in chunks:
+                await _hand_over(queue, chunk, store)
+                if self.throttle is not None:
+                    await self.throttle.consume(len(chunk))
 
     def _readable(self) -> int:
         if self.complete:
@@ -436,18 +365,19 @@ class Fill:
         rest), or it reached the response's held-back last byte. These bytes come from a request of
         their own, which the blob's hash does not cover: they go out a block at a time, each block
         only once it matches the sha256 of the same block of the fill's bytes (a mismatch is
-        fetched again). The fill's hash then vouches for them too.
+        fetched again, up to `resume_attempts` times). The fill's hash then vouches for them too.
         """
         entry = self.entry
         limit = end - 1
-        failures = 0
+        mismatches = 0
         while pos < limit and not self.verified and not self._back_in_window(pos):
             if self.error is not None:
                 raise self.error
             block_start = pos - pos % BLOCK
             buffer = bytearray()
+            body = self.upstream.body(entry, self.token, block_start, chunk_size=self.chunk_size)
             try:
-                async with contextlib.aclosing(self._upstream_from(block_start)) as chunks:
+                async with contextlib.aclosing(body) as chunks:
                     async for chunk in chunks:
                         buffer += chunk
                         while len(buffer) >= (block_len := min(BLOCK, entry.size - block_start)):
@@ -458,17 +388,15 @@ class Fill:
                             block_start += block_len
                             if piece:
                                 pos += len(piece)
-                                failures = 0
                                 if self.metrics is not None:
                                     self.metrics.catch_up_bytes.inc(len(piece))
                                 yield piece
                             if pos >= limit or self.verified or self._back_in_window(pos):
                                 return
-            except (RetryableBodyError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                failures += 1
-                if failures > self.resume_attempts:
-                    raise UpstreamUnavailable(f"upstream transfer of {entry.path} failed: {exc}") from exc
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            except BlockMismatch as exc:
+                mismatches += 1
+                if mismatches > self.resume_attempts:
+                    raise UpstreamUnavailable(f"upstream bytes of {entry.path} keep differing: {exc}") from exc
 
     async def _check_block(self, start: int, block: bytes) -> None:
         """Raise unless `block` (the bytes at `start`) equals the fill's bytes there."""
@@ -483,7 +411,7 @@ class Fill:
         if await asyncio.to_thread(lambda: hashlib.sha256(block).digest()) != blocks[index]:
             log.warning("upstream bytes %d-%d of %s differ from the fill's; fetching them again", start,
                         start + len(block), self.entry.path)  # fmt: skip
-            raise RetryableBodyError(f"bytes at {start} differ from the verified fill's")
+            raise BlockMismatch(f"bytes at {start} differ from the verified fill's")
 
 
 class Filler:

@@ -1,4 +1,7 @@
-"""Streaming a blob from the replica that is filling it (the holder of its fill lease).
+"""The HTTP client to the other replicas: streaming a blob from the one filling it.
+
+With shared storage, the replica that holds a blob's fill lease is the one filling it; the others
+stream the blob from it rather than fetch it upstream again (cache/blobs/blobs.py decides when).
 
 The request goes to the holder's own resolve URL at the file's commit, with the client's token and
 Range, so the holder applies every check it applies to clients and serves from its fill, holding
@@ -16,10 +19,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from mirror.cache.leases import Lease
-from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import UpstreamUnavailable
 from mirror.metrics import Metrics
+from mirror.repo import FileAt
 from mirror.upstream import normalise_etag
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ PEER_HEADER = "X-Hub-Mirror-Peer"
 CHUNK = 1024 * 1024
 
 
-class Peers:
+class Replicas:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics | None = None) -> None:
         self.session = session
         self.metrics = metrics
@@ -43,11 +45,12 @@ class Peers:
         return aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
 
     async def open(
-        self, lease: Lease, entry: FileEntry, token: str | None, start: int, end: int
+        self, holder: str, entry: FileAt, token: str | None, start: int, end: int
     ) -> AsyncIterator[bytes] | None:
-        """Bytes [start, end) from the holder, or None when it cannot serve them (then fill here)."""
+        """Bytes [start, end) from the replica at base URL `holder`, or None when it cannot serve
+        them (then the caller fills here)."""
         repo = entry.repo
-        url = f"{lease.url}/{repo.url_prefix}{repo.repo_id}/resolve/{entry.commit}/{quote(entry.path)}"
+        url = f"{holder}/{repo.url_prefix}{repo.repo_id}/resolve/{entry.commit}/{quote(entry.path)}"
         headers = {PEER_HEADER: "1", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -57,14 +60,14 @@ class Peers:
         try:
             resp = await self.session.get(url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("replica %s, filling %s, cannot be reached (%s): filling here", lease.url, entry.path, exc)
+            log.warning("replica %s, filling %s, cannot be reached (%s): filling here", holder, entry.path, exc)
             self._count("unreachable")
             return None
         etag = normalise_etag(resp.headers.get("X-Linked-Etag") or resp.headers.get("ETag"))
         if resp.status != (206 if ranged else 200) or etag != entry.etag or resp.content_length != end - start:
             log.warning(
                 "replica %s answered %d for %s (etag %s, %s bytes): filling here",
-                lease.url,
+                holder,
                 resp.status,
                 entry.path,
                 etag,
@@ -74,13 +77,13 @@ class Peers:
             self._count("unreachable")
             return None
         self._count("streamed")
-        return self._body(resp, lease)
+        return self._body(resp, holder)
 
-    async def _body(self, resp: aiohttp.ClientResponse, lease: Lease) -> AsyncIterator[bytes]:
+    async def _body(self, resp: aiohttp.ClientResponse, holder: str) -> AsyncIterator[bytes]:
         async with resp:
             try:
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     yield chunk
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # A cut body from the holder (it died, or its fill failed verification): cut ours too.
-                raise UpstreamUnavailable(f"the mirror replica filling this file ({lease.url}) stopped: {exc}") from exc
+                raise UpstreamUnavailable(f"the mirror replica filling this file ({holder}) stopped: {exc}") from exc
