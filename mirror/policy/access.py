@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mirror.cache import keys
+from mirror.cache.memo import Aging
 from mirror.cache.records import Records
 from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
@@ -28,6 +29,11 @@ from mirror.upstream import Upstream
 log = logging.getLogger(__name__)
 
 PUBLIC, GATED, PRIVATE = "public", "gated", "private"
+
+# Answers kept in memory. Visibility older than that is read back from storage; a decision is asked
+# of upstream again (decisions are never stored: they depend on a token).
+MEMORY_VISIBILITY = 50_000
+MEMORY_DECISIONS = 100_000
 
 
 def visibility_of(info: dict[str, Any]) -> str:
@@ -51,9 +57,10 @@ class AccessPolicy:
         self.records = records
         self.ttl = ttl
         self.clock = clock
-        # Answers with the time they are trusted until; kept past it as the last known answer.
-        self._visibility: dict[RepoRef, tuple[str, float]] = {}
-        self._decisions: dict[tuple[str, RepoRef], tuple[HubError | None, float]] = {}
+        # Answers trusted for `ttl`; kept past it as the last known answer. A decision is the
+        # upstream's denial, or None for "allowed".
+        self._visibility: Aging[RepoRef, str] = Aging(MEMORY_VISIBILITY, clock)
+        self._decisions: Aging[tuple[str, RepoRef], HubError | None] = Aging(MEMORY_DECISIONS, clock)
         self._probe: SingleFlight[str] = SingleFlight()
         self._verify: SingleFlight[HubError | None] = SingleFlight()
         self._revalidator = Revalidator(stale_wait, clock)
@@ -63,18 +70,17 @@ class AccessPolicy:
         await self._revalidator.close()
 
     def forget(self, repo: RepoRef) -> None:
-        self._visibility.pop(repo, None)
-        for key in [k for k in self._decisions if k[1] == repo]:
-            del self._decisions[key]
+        self._visibility.forget(lambda key: key == repo)
+        self._decisions.forget(lambda key: key[1] == repo)
 
     async def observe(self, repo: RepoRef, info: dict[str, Any]) -> None:
         """Learn visibility from repo info fetched for any caller."""
         await self._record(repo, visibility_of(info))
 
     async def _record(self, repo: RepoRef, visibility: str) -> None:
-        previous = self._visibility.get(repo)
-        self._visibility[repo] = (visibility, self.clock() + self.ttl)
-        if previous is None or previous[0] != visibility:
+        previous = self._visibility.known(repo)
+        self._visibility.put(repo, visibility, self.ttl)
+        if previous != visibility:
             await self.records.put_best_effort(keys.visibility_key(repo), {"visibility": visibility, "at": time.time()})
 
     async def check(self, repo: RepoRef, token: str | None, *, files: bool) -> None:
@@ -99,17 +105,17 @@ class AccessPolicy:
         if hit is None:
             # Never judged: only upstream can say (a 5xx if it cannot).
             denial = await self._verify.do(key, lambda: self._decide(key, repo, token))
-        elif hit[1] > self.clock():
-            denial = hit[0]
+        elif hit.fresh:
+            denial = hit.value
         else:
             # Unless upstream answers in time, the known decision stays in force.
-            denial = await self._revalidator.latest(("access", key), lambda: self._decide(key, repo, token), hit[0])
+            denial = await self._revalidator.latest(("access", key), lambda: self._decide(key, repo, token), hit.value)
         if denial is not None:
             raise denial
 
     async def _decide(self, key: tuple[str, RepoRef], repo: RepoRef, token: str) -> HubError | None:
         denial = await self._ask_upstream(repo, token)
-        self._decisions[key] = (denial, self.clock() + self.ttl)
+        self._decisions.put(key, denial, self.ttl)
         return denial
 
     async def _ask_upstream(self, repo: RepoRef, token: str) -> HubError | None:
@@ -128,9 +134,9 @@ class AccessPolicy:
 
     async def visibility(self, repo: RepoRef) -> str:
         hit = self._visibility.get(repo)
-        if hit and hit[1] > self.clock():
-            return hit[0]
-        known = hit[0] if hit else await self._stored_visibility(repo)
+        if hit is not None and hit.fresh:
+            return hit.value
+        known = hit.value if hit is not None else await self._stored_visibility(repo)
         if known is None:
             # Nothing known: only upstream can say (if it cannot, a 5xx, so clients fall back to
             # their own caches).
@@ -141,7 +147,7 @@ class AccessPolicy:
         record = await self.records.get(keys.visibility_key(repo))
         if record is None:
             return None
-        self._visibility[repo] = (str(record["visibility"]), 0.0)  # known, and due for a refresh
+        self._visibility.put_stale(repo, str(record["visibility"]))  # known, and due for a refresh
         return str(record["visibility"])
 
     async def _probe_now(self, repo: RepoRef) -> str:

@@ -11,11 +11,14 @@ import time
 from collections.abc import Callable
 
 from mirror.cache import keys
+from mirror.cache.memo import Aging
 from mirror.cache.records import Records
 from mirror.policy.allowlist import AllowList
 from mirror.repo import RepoRef
 
 RELOAD_SECONDS = 5.0
+# (repo, revision) pins (or their absence) kept in memory; older ones are read back from storage.
+MEMORY_PINS = 10_000
 
 
 class Pins:
@@ -23,24 +26,26 @@ class Pins:
         self.records = records
         self.allowlist = allowlist
         self.clock = clock
-        self._memory: dict[tuple[RepoRef, str], tuple[str | None, float]] = {}
+        # (repo, revision) -> pinned commit, or None for "no pin"; read from storage again after
+        # RELOAD_SECONDS, so a pin another replica on the same storage published is seen.
+        self._memory: Aging[tuple[RepoRef, str], str | None] = Aging(MEMORY_PINS, clock)
 
     async def get(self, repo: RepoRef, revision: str) -> str | None:
         if not any(revision in e.revisions for e in await self.allowlist.matching(repo)):
             return None
         hit = self._memory.get((repo, revision))
-        if hit is None or self.clock() - hit[1] > RELOAD_SECONDS:
-            record = await self.records.get(keys.pin_key(repo, revision))
-            hit = (record["commit"] if record else None, self.clock())
-            self._memory[(repo, revision)] = hit
-        return hit[0]
+        if hit is not None and hit.fresh:
+            return hit.value
+        record = await self.records.get(keys.pin_key(repo, revision))
+        commit: str | None = record["commit"] if record else None
+        self._memory.put((repo, revision), commit, RELOAD_SECONDS)
+        return commit
 
     async def publish(self, repo: RepoRef, revision: str, commit: str) -> None:
         await self.records.put(
             keys.pin_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
         )
-        self._memory[(repo, revision)] = (commit, self.clock())
+        self._memory.put((repo, revision), commit, RELOAD_SECONDS)
 
     def forget(self, repo: RepoRef) -> None:
-        for key in [k for k in self._memory if k[0] == repo]:
-            del self._memory[key]
+        self._memory.forget(lambda key: key[0] == repo)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from mirror.cache import keys
+from mirror.cache.memo import Aging
 from mirror.cache.records import Records
 from mirror.cache.revalidate import STALE_WAIT, Revalidator
 from mirror.cache.singleflight import SingleFlight
@@ -28,6 +29,9 @@ from mirror.tokens import fingerprint
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+# (repo, branch or tag) commits kept in memory; older ones are read back from storage when asked.
+MEMORY_REFS = 50_000
 
 InfoObserver = Callable[[RepoRef, dict[str, Any]], Awaitable[None]]
 
@@ -56,8 +60,8 @@ class Revisions:
         self.records = records
         self.ttl = ttl
         self.clock = clock
-        # (repo, revision) -> (commit, trusted until); kept past that as the last known answer.
-        self._fresh: dict[tuple[RepoRef, str], tuple[str, float]] = {}
+        # (repo, revision) -> commit, trusted for `ttl`; kept past that as the last known answer.
+        self._commits: Aging[tuple[RepoRef, str], str] = Aging(MEMORY_REFS, clock)
         self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
         self._revalidator = Revalidator(stale_wait, clock)
         self._stale_log = LogLimit(log)
@@ -74,8 +78,7 @@ class Revisions:
         return await self.pins.get(repo, revision)
 
     def forget(self, repo: RepoRef) -> None:
-        for key in [k for k in self._fresh if k[0] == repo]:
-            del self._fresh[key]
+        self._commits.forget(lambda key: key[0] == repo)
 
     async def resolve(self, repo: RepoRef, revision: str | None, token: str | None) -> str:
         """The commit a revision names now (or, upstream slow or down, last time we asked)."""
@@ -137,20 +140,17 @@ class Revisions:
         return info
 
     def _fresh_commit(self, repo: RepoRef, revision: str | None) -> str | None:
-        hit = self._fresh.get((repo, revision or ""))
-        if hit and hit[1] > self.clock():
-            return hit[0]
-        return None
+        return self._commits.fresh((repo, revision or ""))
 
     async def _known_commit(self, repo: RepoRef, revision: str | None) -> str | None:
         """The last answer, however old: from memory, or from storage (kept across restarts)."""
-        hit = self._fresh.get((repo, revision or ""))
-        if hit is not None:
-            return hit[0]
+        known = self._commits.known((repo, revision or ""))
+        if known is not None:
+            return known
         record = await self.records.get(keys.ref_key(repo, revision or ""))
         if record is None:
             return None
-        self._fresh[(repo, revision or "")] = (str(record["commit"]), 0.0)  # known, and due for a refresh
+        self._commits.put_stale((repo, revision or ""), str(record["commit"]))  # known, and due for a refresh
         return str(record["commit"])
 
     async def _refresh(
@@ -170,7 +170,7 @@ class Revisions:
         )
 
     async def remember(self, repo: RepoRef, revision: str, commit: str) -> None:
-        self._fresh[(repo, revision)] = (commit, self.clock() + self.ttl)
+        self._commits.put((repo, revision), commit, self.ttl)
         await self.records.put_best_effort(
             keys.ref_key(repo, revision), {"revision": revision, "commit": commit, "at": time.time()}
         )
