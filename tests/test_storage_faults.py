@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mirror.app import build_storage
+from mirror.storage.configured import build_storage
 from mirror.cache import keys
 from mirror.config import load_config
 from testbed.hubemu import HubEmulator, sha256_hex

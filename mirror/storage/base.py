@@ -134,6 +134,20 @@ class Storage(abc.ABC):
     def list(self, prefix: str) -> AsyncIterator[str]:
         """Keys that start with `prefix` (a folder-like prefix ending in '/' or empty)."""
 
+    async def list_info(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Size and modification time of each object under `prefix`, as `list` finds them (objects
+        removed meanwhile are left out). Backends whose listings carry sizes override it."""
+        async for key in self.list(prefix):
+            info = await self.stat(key)
+            if info is not None:
+                yield info
+
+    async def clean_staging(self, older_than: float) -> tuple[int, int]:
+        """Remove what unfinished writers left behind more than `older_than` seconds ago (a crash,
+        a writer whose abort failed): (count, bytes where known). Younger leftovers may belong to
+        writers still running, on this process or on another replica."""
+        return 0, 0
+
     @abc.abstractmethod
     async def check_writable(self) -> None:
         """Raise StorageUnavailable unless an object can be written and read back now."""

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import stat as stat_module
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +31,35 @@ from mirror.storage.base import (
 
 READ_CHUNK = 1024 * 1024
 T = TypeVar("T")
+
+
+def _scan(folder: Path) -> list[tuple[Path, os.stat_result | None]]:
+    """The entries of one folder by name: files with their stat, subfolders with None. A folder
+    removed meanwhile is empty."""
+    found: list[tuple[Path, os.stat_result | None]] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                found.append((Path(entry.path), None))
+            elif entry.is_file(follow_symlinks=False):
+                found.append((Path(entry.path), entry.stat()))
+        except FileNotFoundError:
+            continue  # removed while we looked
+    return found
+
+
+async def _walk(folder: Path) -> AsyncIterator[tuple[Path, os.stat_result]]:
+    """Every file under `folder` with its stat, in path order, reading one folder at a time."""
+    for path, st in await asyncio.to_thread(_scan, folder):
+        if st is None:
+            async for found in _walk(path):
+                yield found
+        else:
+            yield path, st
 
 
 def _unavailable(exc: OSError, what: str) -> StorageUnavailable:
@@ -117,14 +147,20 @@ def _write_all(fd: int, data: bytes) -> None:
 class LocalStorage(Storage):
     name = "local"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, owner: bool = True) -> None:
+        """`owner`: this process is the mirror serving the directory, so what staging holds at
+        start is a crashed run's leftovers. Offline commands (gc, export, import) are not: a mirror
+        may be filling into the same staging folder while they run."""
         self.root = Path(root).resolve()
+        self.owner = owner
         self.objects = self.root / "objects"
         self.staging = self.root / "staging"
 
     async def start(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
+        if not self.owner:
+            return
         for leftover in self.staging.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -225,20 +261,40 @@ class LocalStorage(Storage):
         return True
 
     async def list(self, prefix: str) -> AsyncIterator[str]:
+        async for info in self.list_info(prefix):
+            yield info.key
+
+    async def list_info(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         if prefix.strip("/"):
             check_key(prefix.rstrip("/"))
         elif prefix:
             raise ValueError(f"invalid storage prefix {prefix!r}")
         base = self.objects
-        # Walk only the folder the prefix names, then filter by the rest of the prefix.
-        folder = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
-        if not folder.is_dir():
-            return
-        paths = await asyncio.to_thread(lambda: sorted(p for p in folder.rglob("*") if p.is_file()))
-        for path in paths:
+        # Walk only the folder the prefix names, then filter by the rest of the prefix. One folder
+        # at a time, in key order: memory stays bounded by the largest folder (blobs are fanned out
+        # by their first hash byte), not by the whole cache.
+        top = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
+        async for path, st in _walk(top):
             key = path.relative_to(base).as_posix()
             if key.startswith(prefix):
-                yield key
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    async def clean_staging(self, older_than: float) -> tuple[int, int]:
+        cutoff = time.time() - older_than
+
+        def sweep() -> tuple[int, int]:
+            count = total = 0
+            for path, st in _scan(self.staging):
+                if st is not None and st.st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    count += 1
+                    total += st.st_size
+            return count, total
+
+        try:
+            return await asyncio.to_thread(sweep)
+        except OSError as exc:
+            raise _unavailable(exc, "clean staging") from exc
 
     async def usage(self, prefix: str) -> tuple[int, int]:
         folder = self.objects / check_key(prefix.rstrip("/"))

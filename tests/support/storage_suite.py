@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import tracemalloc
 
 import pytest
@@ -294,6 +295,29 @@ async def test_list_returns_exactly_the_keys_under_a_prefix(store: Storage) -> N
     assert await list_keys(store, "nothing/") == []
     await store.delete("a/b/c/d/3")
     assert set(await list_keys(store, "a/b/c/")) == {"a/b/c/2"}
+
+
+async def test_list_info_gives_sizes_and_times_in_listing_order(store: Storage) -> None:
+    before = time.time() - 5
+    sizes = {"blobs/sha256/ab/x": 3, "blobs/sha256/ab/y": 0, "blobs/sha256/cd/z": 1000, "blobs/t.json": 7, "other/o": 1}
+    for key, size in sizes.items():
+        await store.put_bytes(key, b"q" * size)
+    infos = [info async for info in store.list_info("blobs/")]
+    assert [info.key for info in infos] == [key async for key in store.list("blobs/")]
+    assert {info.key: info.size for info in infos} == {k: v for k, v in sizes.items() if k.startswith("blobs/")}
+    assert all(before <= info.mtime <= time.time() + 5 for info in infos)
+    assert [info async for info in store.list_info("nothing/")] == []
+
+
+async def test_clean_staging_spares_writers_still_running(store: Storage) -> None:
+    writer = await write_chunks(store, "blobs/pending", [b"y" * 100])
+    try:
+        await store.clean_staging(older_than=3600)
+        await writer.write(b"z" * 10)
+        info = await writer.commit()
+        assert info.size == 110 and await store.get_bytes("blobs/pending") == b"y" * 100 + b"z" * 10
+    finally:
+        await writer.abort()
 
 
 async def test_list_skips_objects_still_being_written(store: Storage) -> None:
