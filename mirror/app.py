@@ -8,11 +8,13 @@ Every part gets what it uses as constructor arguments, in the order the request 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from mirror.admin.routes import add_admin_routes
+from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
 from mirror.cache.blobs.poison import PoisonLedger
@@ -25,6 +27,7 @@ from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
 from mirror.config import Config
 from mirror.hub.appkeys import (
+    ACCESS,
     ALLOWLIST,
     BLOBS,
     CONFIG,
@@ -32,6 +35,7 @@ from mirror.hub.appkeys import (
     ENTRIES,
     FILLER,
     LISTINGS,
+    MAINTENANCE,
     METRICS,
     POLICY,
     PURGE,
@@ -49,34 +53,19 @@ from mirror.hub.errors import hub_errors
 from mirror.hub.health import add_health_routes, measure_storage, probe_upstream
 from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
+from mirror.lifecycle.evict import Evictor
+from mirror.lifecycle.gc import GarbageCollector
+from mirror.lifecycle.maintenance import Maintenance
+from mirror.lifecycle.scrub import Scrubber
 from mirror.metrics import Metrics
 from mirror.policy import AccessPolicy, AllowList, Policy
 from mirror.replicas import Replicas
-from mirror.storage import LocalStorage, Storage
-from mirror.storage.s3 import S3Storage
+from mirror.storage import Storage
+from mirror.storage.configured import build_storage
 from mirror.sync.jobs import SyncManager
 from mirror.sync.pins import Pins
 from mirror.sync.scheduler import Scheduler
 from mirror.upstream import Upstream
-
-
-def build_storage(config: Config) -> Storage:
-    storage = config.storage
-    if storage.backend == "s3":
-        return S3Storage(
-            storage.s3_bucket,
-            endpoint=storage.s3_endpoint or None,
-            prefix=storage.s3_prefix,
-            region=storage.s3_region,
-            part_size=storage.s3_part_size,
-            stale_upload_age=storage.s3_stale_upload_age,
-            max_concurrency=storage.s3_max_concurrency,
-            parts_in_flight=storage.s3_parts_in_flight,
-            presigned_redirects=storage.s3_presigned_redirects,
-            presigned_expiry=storage.s3_presigned_expiry,
-            public_endpoint=storage.s3_public_endpoint or None,
-        )
-    return LocalStorage(config.cache_dir)
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -109,7 +98,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         replicas = Replicas(replica_session, metrics)
     filler = Filler(storage, upstream, cache, config.upstream, metrics, leases, PoisonLedger(storage))
     metrics.track_fills(lambda: filler.in_flight)
-    blobs = Blobs(storage, filler, replicas)
+    reads = AccessLog(storage, cache.access_flush_interval)
+    blobs = Blobs(storage, filler, replicas, reads)
     policy = Policy(allowlist, access)
     responses = ResponseCache()
     purge = Purge(storage, records)
@@ -131,11 +121,31 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         pins=pins,
     )
     scheduler = Scheduler(sync, allowlist, records, Leases(storage, "", config.sync.lease_ttl), config.sync, metrics)
+    maintenance = Maintenance(
+        # The lease outlives a few ticks, so one slow pass does not hand it over.
+        Leases(storage, "", max(3 * cache.evict_interval, 30.0)),
+        cache,
+        evictor=Evictor(storage, reads, allowlist, cache, metrics) if cache.max_bytes else None,
+        gc=GarbageCollector(storage, reads, cache.gc_grace, cache.evict_min_idle, metrics),
+        scrub=Scrubber(
+            storage,
+            metrics,
+            rate=cache.scrub_rate,
+            # A corrupt blob goes even while read (those bytes are wrong anyway); new readers wait.
+            remove=lambda key: reads.remove(key, force=True),
+            source=f"scrub on {config.server.advertise_url or socket.gethostname()}",
+            step_timeout=cache.storage_timeout,
+        )
+        if cache.scrub_rate
+        else None,
+        metrics=metrics,
+    )
     app[STORAGE], app[UPSTREAM], app[RECORDS] = storage, upstream, records
     app[POLICY], app[ALLOWLIST] = policy, allowlist
     app[REVISIONS], app[ENTRIES], app[LISTINGS] = revisions, entries, listings
     app[BLOBS], app[FILLER], app[RESPONSES], app[PURGE] = blobs, filler, responses, purge
     app[SYNC], app[SCHEDULER] = sync, scheduler
+    app[ACCESS], app[MAINTENANCE] = reads, maintenance
 
     measurer = asyncio.create_task(measure_storage(storage, metrics), name="measure-storage")
     prober = None
@@ -144,6 +154,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     sync.start()
     if config.sync.enabled:
         scheduler.start()
+    reads.start()
+    maintenance.start()
     try:
         yield
     finally:
@@ -151,11 +163,13 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await maintenance.close()
         await scheduler.close()
         await sync.close()
         # Verified blobs being published may finish within the shutdown grace; the rest is cut.
         await filler.close(app[DRAIN].remaining())
         await app[DRAIN].close()
+        await reads.close()  # after the last reads ended: their times are kept
         # Background revalidations use the upstream session: end them before it closes.
         await revisions.close()
         await listings.close()

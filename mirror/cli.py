@@ -15,6 +15,7 @@ from mirror import __version__
 from mirror.admin.cli import add_admin_parsers, run_admin
 from mirror.app import create_app
 from mirror.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
+from mirror.lifecycle.cli import add_lifecycle_parsers, run_lifecycle
 from mirror.logs import setup_logging
 from mirror.runtime import tune_allocator
 from mirror.smoke.cli import add_smoke_parser, run_smoke
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help=f"{', '.join(LOG_LEVELS)} (default INFO)")
     add_smoke_parser(sub)
     add_admin_parsers(sub)
+    add_lifecycle_parsers(sub)
     return parser
 
 
@@ -139,4 +141,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_smoke(args)
     if args.command in ("allow", "sync", "status"):
         return run_admin(args)
-    return 2
+    status = run_lifecycle(args)
+    return 2 if status is None else status

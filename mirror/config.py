@@ -87,6 +87,27 @@ class CacheConfig:
     # Seconds a fill lease lasts without renewal (renewed every third of it while the fill runs);
     # used with server.advertise_url. Replicas' clocks must agree to well within it.
     fill_lease_ttl: float = 30.0
+    # Most bytes of blobs to keep (suffixes K, M, G, T and Ki, Mi, Gi, Ti accepted: 500Gi); 0 = no
+    # limit. Past evict_high of it, least recently read blobs are removed until under evict_low of
+    # it. Blobs of pinned revisions of allow-listed repos (what sync keeps) are never removed.
+    max_bytes: int = 0
+    evict_high: float = 0.95
+    evict_low: float = 0.85
+    # Seconds between checks of the limit, by the replica holding the maintenance lease.
+    evict_interval: float = 60.0
+    # A blob read within this many seconds (on any replica) is never evicted: long downloads on
+    # other replicas, and clients following presigned redirects, finish first.
+    evict_min_idle: float = 3600.0
+    # Seconds between writes of last-read times to storage (batched: no write per request).
+    access_flush_interval: float = 60.0
+    # Seconds between background garbage collections (0: only `hub-mirror gc`).
+    gc_interval: float = 6 * 3600.0
+    # Unreferenced blobs, staging leftovers and unfinished purges younger than this are left alone:
+    # a fill or a purge may still be running.
+    gc_grace: float = 24 * 3600.0
+    # Bytes per second the background scrub re-hashes stored blobs at (0: off; `hub-mirror verify`
+    # checks on demand).
+    scrub_rate: int = 0
 
 
 @dataclass
@@ -196,6 +217,7 @@ class Config:
             raise ConfigError("cache.chunk_size must be at least 4096 bytes")
         if self.cache.fill_lease_ttl < 3:
             raise ConfigError("cache.fill_lease_ttl must be at least 3 seconds")
+        _check_lifecycle(self.cache, self.storage)
         if self.upstream.resume_attempts < 0 or self.upstream.max_connections < 1:
             raise ConfigError("upstream.resume_attempts must be >= 0 and upstream.max_connections >= 1")
         if self.upstream.breaker_failures < 0:
@@ -267,6 +289,31 @@ def _check_s3(storage: StorageConfig) -> None:
         raise ConfigError("storage.s3_presigned_expiry must be between 1 and 604800 seconds")
 
 
+def _check_lifecycle(cache: CacheConfig, storage: StorageConfig) -> None:
+    if cache.max_bytes < 0 or cache.scrub_rate < 0:
+        raise ConfigError("cache.max_bytes and cache.scrub_rate must be >= 0 (0 = off)")
+    if not 0 < cache.evict_low < cache.evict_high <= 1:
+        raise ConfigError("cache.evict_low and cache.evict_high must satisfy 0 < evict_low < evict_high <= 1")
+    if cache.evict_interval <= 0 or cache.access_flush_interval <= 0 or cache.gc_interval < 0 or cache.gc_grace < 0:
+        raise ConfigError(
+            "cache.evict_interval and cache.access_flush_interval must be > 0,"
+            " cache.gc_interval and cache.gc_grace >= 0"
+        )
+    # Replicas learn of each other's reads one flush late: a blob must stay idle well past that.
+    if cache.evict_min_idle < 2 * cache.access_flush_interval:
+        raise ConfigError("cache.evict_min_idle must be at least twice cache.access_flush_interval")
+    redirects = storage.backend == "s3" and storage.s3_presigned_redirects
+    if redirects and cache.evict_min_idle < storage.s3_presigned_expiry:
+        raise ConfigError(
+            "cache.evict_min_idle must be at least storage.s3_presigned_expiry: a client holding a presigned URL"
+            " must still find the object"
+        )
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?)B?", re.IGNORECASE)
+_SIZE_UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
 def _coerce(key: str, raw: Any, typ: Any) -> Any:
     try:
         if typ is bool:
@@ -281,6 +328,8 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
         if typ is int:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError(raw)
+            if isinstance(raw, str) and (size := _SIZE.fullmatch(raw.strip())):
+                return int(float(size.group(1)) * _SIZE_UNITS[size.group(2).lower()])  # sizes: 500Gi, 1.5T
             if isinstance(raw, str) and not re.fullmatch(r"-?[0-9]+", raw.strip()):
                 raise ValueError(raw)
             return int(raw)

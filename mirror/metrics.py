@@ -177,6 +177,66 @@ class Metrics:
             "hub_mirror_sync_scheduler_leader", "1 while this replica holds the scheduler lease", registry=r
         )
 
+        # Cache lifecycle (mirror/lifecycle/): eviction, gc, scrub.
+        self.maintenance_leader = Gauge(
+            "hub_mirror_maintenance_leader",
+            "1 while this replica holds the maintenance lease (runs eviction, gc and the scrub for all)",
+            registry=r,
+        )
+        self.cache_limit_bytes = Gauge(
+            "hub_mirror_cache_limit_bytes", "cache.max_bytes: the limit eviction keeps blobs under (0: none)",
+            registry=r,
+        )  # fmt: skip
+        self.pinned_bytes = Gauge(
+            "hub_mirror_pinned_bytes",
+            "Bytes of blobs reachable from pinned revisions of allow-listed repos (never evicted)",
+            registry=r,
+        )
+        self.pinned_over_limit = Gauge(
+            "hub_mirror_pinned_over_limit",
+            "1 when pinned blobs alone exceed cache.max_bytes (they are kept; raise the limit or the disk)",
+            registry=r,
+        )
+        self.evicted_blobs = Counter(
+            "hub_mirror_evicted_blobs_total", "Blobs removed to keep the cache under cache.max_bytes", registry=r
+        )
+        self.evicted_bytes = Counter(
+            "hub_mirror_evicted_bytes_total", "Bytes removed to keep the cache under cache.max_bytes", registry=r
+        )
+        self.eviction_runs = Counter(
+            "hub_mirror_eviction_runs_total", "Eviction passes by outcome (ok, under_limit, error)", ["outcome"],
+            registry=r,
+        )  # fmt: skip
+        self.gc_removed = Counter(
+            "hub_mirror_gc_removed_total",
+            "Objects garbage collection removed, by kind (blob, staging, lease, purge, access)",
+            ["kind"],
+            registry=r,
+        )
+        self.gc_removed_bytes = Counter(
+            "hub_mirror_gc_removed_bytes_total", "Bytes of unreferenced blobs garbage collection removed", registry=r
+        )
+        self.gc_last_success = Gauge(
+            "hub_mirror_gc_last_success_timestamp_seconds", "When garbage collection last completed", registry=r
+        )
+        self.scrub_bytes = Counter(
+            "hub_mirror_scrub_bytes_total", "Stored blob bytes re-hashed by the scrub", registry=r
+        )
+        self.scrub_blobs = Counter(
+            "hub_mirror_scrub_blobs_total",
+            "Stored blobs the scrub re-checked, by outcome (ok, corrupt, missing, error: could not be read)",
+            ["outcome"],
+            registry=r,
+        )
+        self.quarantined_blobs = Counter(
+            "hub_mirror_quarantined_blobs_total",
+            "Stored blobs whose bytes no longer matched their hash: removed, recorded, refilled on demand",
+            registry=r,
+        )
+        self.scrub_last_pass = Gauge(
+            "hub_mirror_scrub_last_pass_timestamp_seconds", "When the background scrub last finished a pass", registry=r
+        )
+
     def track_fills(self, count: Callable[[], int]) -> None:
         self.fills_in_flight.set_function(count)
 

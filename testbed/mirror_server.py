@@ -96,6 +96,11 @@ class MirrorThread:
         """The storage the mirror uses, for checks of what is stored (call its coroutines with `call`)."""
         return self._app()[STORAGE]
 
+    def part(self, key: web.AppKey[T]) -> T:
+        """One part of the running mirror by its app key (hub/appkeys.py), to drive it from a test
+        (an eviction pass, a flush); call its coroutines with `call`."""
+        return self._app()[key]
+
     def settle(self, timeout: float = 60) -> None:
         """Wait until the fills running now have ended.
 

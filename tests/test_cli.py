@@ -470,7 +470,8 @@ def test_status_caps_the_reasons_per_job(capsys: pytest.CaptureFixture[str], mon
         "bytes_total": 0,
         "errors": [f"org/m@main/f{i}: HTTP 404" for i in range(7)],
     }
-    answers = {"/admin/allowlist": [], "/admin/sync": [job], "/admin/repos": []}
+    usage = {"blobs": 0, "bytes": 0, "max_bytes": 0, "pinned_bytes": 0, "pinned_over_limit": False}
+    answers = {"/admin/allowlist": [], "/admin/sync": [job], "/admin/repos": [], "/admin/usage": usage}
     monkeypatch.setattr(AdminClient, "call", lambda self, method, path, body=None: answers[path])
     code, out, _ = admin(capsys, "status", "--token", ADMIN_TOKEN)
     assert code == ExitCode.OK

@@ -181,6 +181,7 @@ def _status(client: AdminClient) -> int:
     entries = client.call("GET", "/admin/allowlist")
     jobs = client.call("GET", "/admin/sync")[:STATUS_JOBS]
     repos = client.call("GET", "/admin/repos")
+    usage = client.call("GET", "/admin/usage")
     print("allow-list:")
     _print_entries(entries)
     print("\nrecent sync jobs:")
@@ -200,5 +201,18 @@ def _status(client: AdminClient) -> int:
     print("\ncached repos:")
     for repo in repos:
         revs = ", ".join(f"{r}={c[:10]}" for r, c in repo["revisions"].items())
-        print(f"{repo['repo_type']:<7} {repo['repo']:<40} {repo['files']} files {_human(repo['bytes'])}  {revs}")
+        last = repo.get("last_access")
+        read = time.strftime("%Y-%m-%d %H:%M", time.localtime(last)) if last else "never"
+        pinned = "  pinned" if repo.get("pinned") else ""
+        print(
+            f"{repo['repo_type']:<7} {repo['repo']:<40} {repo['files']} files {repo['blobs']} blobs "
+            f"{_human(repo['bytes'])}  last read {read}{pinned}  {revs}"
+        )
+    limit = f" of {_human(usage['max_bytes'])}" if usage["max_bytes"] else " (no limit)"
+    print(
+        f"\nstorage: {usage['blobs']} blobs, {_human(usage['bytes'])}{limit}; "
+        f"pinned {_human(usage['pinned_bytes'])}"
+    )
+    if usage["pinned_over_limit"]:
+        print("warning: pinned blobs alone exceed cache.max_bytes; they are kept (raise the limit or pin less)")
     return ExitCode.OK

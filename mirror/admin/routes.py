@@ -7,25 +7,24 @@ with who, what and when, never the token.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 from aiohttp import web
 
-from mirror.cache import keys
 from mirror.errors import BadRequest, HubError, NotFound
 from mirror.hub.api import read_body
-from mirror.hub.appkeys import ALLOWLIST, CONFIG, PURGE, RECORDS, STORAGE, SYNC
+from mirror.hub.appkeys import ACCESS, ALLOWLIST, CONFIG, MAINTENANCE, PURGE, STORAGE, SYNC
+from mirror.lifecycle.usage import repo_usage
 from mirror.policy.allowlist import AllowEntry
 from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id
 from mirror.tokens import bearer_token, fingerprint, same_token
 
 audit_log = logging.getLogger("mirror.audit")
 
-_ROOTS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
 # The largest valid allow-list entry (every list at its cap) is about 50 KB.
 MAX_BODY = 64 * 1024
 # Longer audit lines are cut: a log line must not grow with what a caller sends.
@@ -128,42 +127,30 @@ async def get_sync(request: web.Request) -> web.Response:
 
 
 async def list_repos(request: web.Request) -> web.Response:
-    """What is cached: per repo, revisions -> commits, files and bytes per commit."""
+    """What is cached, per repo: revisions -> commits, files and bytes per commit, stored blobs and
+    bytes, last read, pinned or not."""
     _authorise(request)
-    storage, records = request.app[STORAGE], request.app[RECORDS]
-    repos: dict[tuple[str, str], dict[str, Any]] = {}
-    async for key in storage.list(keys.REPOS):
-        parts = key.split("/")
-        cut = next((i for i in range(3, len(parts)) if parts[i] in _ROOTS), None)
-        if cut is None or parts[1] not in ("models", "datasets", "spaces"):
-            continue
-        repo_type, repo_id = parts[1][:-1], "/".join(parts[2:cut])
-        info = repos.setdefault(
-            (repo_type, repo_id),
-            {"repo_type": repo_type, "repo": repo_id, "revisions": {}, "commits": defaultdict(lambda: [0, 0])},
-        )
-        if parts[cut] in ("refs", "pins"):
-            record = await records.get(key)
-            if record and record.get("revision") is not None:
-                info["revisions"][record["revision"] or "(default)"] = record["commit"]
-        elif parts[cut] == "entries":
-            record = await records.get(key)
-            if record and not record.get("missing"):
-                counts = info["commits"][parts[cut + 1]]
-                counts[0] += 1
-                counts[1] += int(record.get("size", 0))
-    answer = []
-    for info in repos.values():
-        commits = {c: {"files": n, "bytes": b} for c, (n, b) in info["commits"].items()}
-        answer.append(
-            {
-                **info,
-                "commits": commits,
-                "files": sum(n for n, _ in info["commits"].values()),
-                "bytes": sum(b for _, b in info["commits"].values()),
-            }
-        )
-    return web.json_response(sorted(answer, key=lambda r: (r["repo_type"], r["repo"])))
+    usage = await repo_usage(request.app[STORAGE], request.app[ACCESS], request.app[ALLOWLIST])
+    return web.json_response(usage["repos"])
+
+
+async def cache_usage(request: web.Request) -> web.Response:
+    """Storage totals, the size limit, and what the last eviction pass found (pinned over limit)."""
+    _authorise(request)
+    config = request.app[CONFIG].cache
+    usage = await repo_usage(request.app[STORAGE], request.app[ACCESS], request.app[ALLOWLIST])
+    maintenance = request.app[MAINTENANCE]
+    last = maintenance.evictor.last if maintenance.evictor is not None else None
+    totals = usage["totals"]
+    return web.json_response(
+        {
+            **totals,
+            "max_bytes": config.max_bytes,
+            "pinned_over_limit": bool(config.max_bytes and totals["pinned_bytes"] > config.max_bytes),
+            "maintenance_leader": maintenance.leader,
+            "last_eviction": None if last is None else dataclasses.asdict(last),
+        }
+    )
 
 
 async def purge_repo(request: web.Request) -> web.Response:
@@ -185,4 +172,5 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/sync", list_sync)
     app.router.add_get("/admin/sync/{id}", get_sync)
     app.router.add_get("/admin/repos", list_repos)
+    app.router.add_get("/admin/usage", cache_usage)
     app.router.add_delete("/admin/repos/{type}/{repo:.+}", purge_repo)

@@ -26,6 +26,13 @@ REPOS = "repos/"
 SYNC_JOBS = "admin/sync/jobs/"
 SCHEDULER_LEASE = "admin/sync/scheduler-lease.json"
 FILL_LEASES = "leases/fills/"
+# When each blob was last read, in 256 shards by the blob's first hash byte (cache/blobs/access.py).
+ACCESS = "access/"
+QUARANTINE = "quarantine/"
+# The lease of the replica that runs eviction, gc and the scrub for all of them.
+MAINTENANCE_LEASE = "admin/maintenance-lease.json"
+# A purge in progress: written before a repo's records are deleted, removed after (gc finishes it).
+PURGES = "admin/purges/"
 
 
 def repo_prefix(repo: RepoRef) -> str:
@@ -49,6 +56,32 @@ def fill_lease_key(blob_key: str) -> str:
 def pin_key(repo: RepoRef, revision: str) -> str:
     """The commit a completed sync fixed a branch of an allow-listed repo at."""
     return f"{repo_prefix(repo)}pins/{_digest(revision)}.json"
+
+
+def etag_of_blob(key: str) -> str | None:
+    """The content hash a blob key names, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "blobs" or parts[1] not in ("sha256", "sha1"):
+        return None
+    etag = parts[3]
+    if len(etag) != (64 if parts[1] == "sha256" else 40) or parts[2] != etag[:2]:
+        return None
+    return etag
+
+
+def access_shard_key(blob_key: str) -> str:
+    """The shard recording last reads of this blob (and every blob sharing its first hash byte)."""
+    return f"{ACCESS}{blob_key.rsplit('/', 2)[-2]}.json"
+
+
+def quarantine_key(etag: str) -> str:
+    """Why stored bytes of this blob failed a re-check (the bytes themselves are removed)."""
+    algo = "sha256" if len(etag) == 64 else "sha1"
+    return f"{QUARANTINE}{algo}/{etag[:2]}/{etag}.json"
+
+
+def purge_key(repo: RepoRef) -> str:
+    return f"{PURGES}{repo.api_type}/{_digest(repo.repo_id)}.json"
 
 
 def poison_key(etag: str) -> str:
@@ -97,6 +130,22 @@ def listing_key(api_type: str, who: str, query: str) -> str:
 
 def visibility_key(repo: RepoRef) -> str:
     return f"repos/{repo.storage_prefix}/visibility.json"
+
+
+# The kinds of record stored under a repo's prefix (repos/<type>s/<repo id>/<kind>...).
+REPO_RECORD_KINDS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
+
+
+def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
+    """(repo, kind, the parts after the kind) of a key under repos/, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != "repos" or parts[1] not in ("models", "datasets", "spaces"):
+        return None
+    # Two-part ids first: "org/refs" has its records at repos/models/org/refs/refs/...
+    cut = next((i for i in (4, 3) if i < len(parts) and parts[i] in REPO_RECORD_KINDS), None)
+    if cut is None:
+        return None
+    return RepoRef(parts[1][:-1], "/".join(parts[2:cut])), parts[cut], parts[cut + 1 :]
 
 
 def is_immutable(key: str) -> bool:

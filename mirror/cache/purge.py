@@ -1,11 +1,17 @@
 """Forgetting a repo everywhere: its records in storage and every in-memory cache that holds it.
 
 Each cache registers its own `forget(repo)` when it is built (app.py), so a purge reaches all of
-them without a list that must be kept in step by hand. Blobs stay: other repos may share them.
+them without a list that must be kept in step by hand. Blobs stay: other repos may share them
+(gc removes those no repo's entries name any more).
+
+A purge first writes a tombstone naming the repo and removes it last: if the mirror stops half
+way, gc finishes the purge (a repo half purged would otherwise serve from half its records).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 
 from mirror.cache import keys
@@ -27,13 +33,19 @@ class Purge:
     async def repo(self, repo: RepoRef) -> int:
         """Remove a repo's records (mappings and metadata); the count removed."""
         prefix = keys.repo_prefix(repo)
-        found = [key async for key in self.storage.list(prefix)]
-        if not found:
+        async for _ in self.storage.list(prefix):
+            break
+        else:
             raise RepoNotFound(f"nothing cached for {repo.repo_type} {repo.repo_id}")
+        tombstone = keys.purge_key(repo)
+        record = {"repo_type": repo.repo_type, "repo_id": repo.repo_id, "at": time.time()}
+        await self.storage.put_bytes(tombstone, json.dumps(record).encode())
         removed = 0
-        for key in found:
+        self.forget(repo)  # nothing half-removed is served from memory meanwhile
+        async for key in self.storage.list(prefix):
             removed += await self.storage.delete(key)
         self.forget(repo)
+        await self.storage.delete(tombstone)
         return removed
 
     def forget(self, repo: RepoRef) -> None:
@@ -41,3 +53,4 @@ class Purge:
         self.records.forget(keys.repo_prefix(repo))
         for forget in self._forgetters:
             forget(repo)
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
 from mirror.cache.metadata.entries import Entries
@@ -19,6 +20,7 @@ from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
 from mirror.config import Config
 from mirror.hub.drain import Drain
+from mirror.lifecycle.maintenance import Maintenance
 from mirror.metrics import Metrics
 from mirror.policy import AllowList, Policy
 from mirror.storage import Storage
@@ -45,3 +47,5 @@ RESPONSES = web.AppKey("responses", ResponseCache)
 PURGE = web.AppKey("purge", Purge)
 SYNC = web.AppKey("sync", SyncManager)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+ACCESS = web.AppKey("access", AccessLog)
+MAINTENANCE = web.AppKey("maintenance", Maintenance)

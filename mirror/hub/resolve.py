@@ -93,18 +93,21 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     # Only LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do.
     disposition = headers["Content-Disposition"] if entry.is_lfs and not from_peer else None
     body = await request.app[BLOBS].open(entry, token, start, end, disposition, may_proxy=not from_peer)
-    headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
-    stats = current_stats()
-    if stats is not None:
-        joined = stats.joined_fill or body.source == "peer"
-        stats.cache = "hit" if body.source == "cache" else ("coalesced" if joined else "miss")
-    if body.url is not None:
-        request.app[METRICS].redirects.inc()
-        return redirect(body.url, headers)
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = end - start
-    await send_body(request, response, body, start, end)
-    return response
+    try:
+        headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
+        stats = current_stats()
+        if stats is not None:
+            joined = stats.joined_fill or body.source == "peer"
+            stats.cache = "hit" if body.source == "cache" else ("coalesced" if joined else "miss")
+        if body.url is not None:
+            request.app[METRICS].redirects.inc()
+            return redirect(body.url, headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await send_body(request, response, body, start, end)
+        return response
+    finally:
+        body.release()
 
 
 def not_modified(entry: FileEntry, status: int) -> web.Response:

@@ -9,10 +9,11 @@ from that replica (source "peer"); if it cannot be reached, this replica takes t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.fill import Fill, Filler
 from mirror.cache.metadata.entries import FileEntry
 from mirror.replicas import Replicas
@@ -25,11 +26,16 @@ class BlobBody:
     path: Path | None = None  # a local file to sendfile from
     chunks: AsyncIterator[bytes] | None = None
     url: str | None = None  # an object-store URL the client may fetch the blob from itself
+    # Ends the read (the blob may be evicted again); the caller calls it once the body is sent.
+    release: Callable[[], None] = lambda: None
 
 
 class Blobs:
-    def __init__(self, storage: Storage, filler: Filler, replicas: Replicas | None = None) -> None:
+    def __init__(
+        self, storage: Storage, filler: Filler, replicas: Replicas | None = None, access: AccessLog | None = None
+    ) -> None:
         self.storage = storage
+        self.access = access
         self.filler = filler
         self.replicas = replicas
 
@@ -59,8 +65,23 @@ class Blobs:
 
         With `disposition` (the Content-Disposition the client should get), a cached blob that the
         store can hand out directly comes back as a URL instead. `may_proxy` is False for requests
-        from other replicas, which are never passed on again.
+        from other replicas, which are never passed on again. The caller calls the body's `release`
+        once it is sent: until then the blob counts as being read (never evicted under it).
         """
+        if self.access is None:
+            return await self._open(entry, token, start, end, disposition, may_proxy)
+        release = await self.access.begin_read(entry.blob_key)
+        try:
+            body = await self._open(entry, token, start, end, disposition, may_proxy)
+        except BaseException:
+            release()
+            raise
+        body.release = release
+        return body
+
+    async def _open(
+        self, entry: FileEntry, token: str | None, start: int, end: int, disposition: str | None, may_proxy: bool
+    ) -> BlobBody:
         key = entry.blob_key
         may_proxy = may_proxy and self.replicas is not None
         while True:

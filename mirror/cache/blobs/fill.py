@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol, TypeVar
 
 from mirror.cache import keys
+from mirror.cache.blobs.hashing import blob_hasher
 from mirror.cache.blobs.poison import PoisonLedger
 from mirror.cache.leases import Lease, Leases, LeaseUnavailable
 from mirror.cache.metadata.entries import FileEntry
@@ -51,14 +52,6 @@ PIPELINE_CHUNKS = 4
 
 class BlockMismatch(Exception):
     """A block fetched for a follower differs from the same block of the fill's bytes."""
-
-
-def content_hasher(entry: FileEntry) -> Any:
-    if entry.is_lfs:
-        return hashlib.sha256()
-    hasher = hashlib.sha1()
-    hasher.update(b"blob %d\0" % entry.size)
-    return hasher
 
 
 async def _hand_over(queue: asyncio.Queue[bytes | None], item: bytes | None, store: asyncio.Task[None]) -> None:
@@ -193,7 +186,7 @@ class Fill:
         PIPELINE_CHUNKS chunks, so memory stays bounded.
         """
         entry = self.entry
-        hasher = content_hasher(entry)
+        hasher = blob_hasher(entry.etag, entry.size)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=PIPELINE_CHUNKS)
         store = asyncio.create_task(self._store(queue, hasher, writer))
         try:

@@ -1,0 +1,1 @@
+"""Running the cache for months: eviction, garbage collection, scrubbing, usage, offline bundles."""

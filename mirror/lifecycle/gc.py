@@ -1,0 +1,168 @@
+"""Garbage collection: what no file refers to any more, and what interrupted work left behind.
+
+Removed: blobs no file entry names (a purged repo's; content is shared, so only once no repo's
+entry names it), staging leftovers and unfinished multipart uploads, fill leases long expired,
+purges that were interrupted (their tombstone says which repo), and access records of blobs no
+longer stored. Anything younger than `grace` is left alone (a fill or a purge may still be
+running), and so is any blob read within `min_idle` or being read here. Every step streams its
+listing; what is kept in memory is the set of referenced blob keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mirror.cache import keys
+from mirror.cache.blobs.access import AccessLog, stored_blobs
+from mirror.errors import StorageError
+from mirror.lifecycle.inventory import read_records, referenced_blobs
+from mirror.metrics import Metrics
+from mirror.repo import API_TYPES, RepoRef
+from mirror.storage import Storage
+
+log = logging.getLogger(__name__)
+
+KINDS = ("blob", "staging", "lease", "purge", "access")
+# A fill lease this long past its expiry belongs to no running fill (leases are renewed every third
+# of their TTL while the fill runs).
+LEASE_SLACK = 300.0
+
+
+class Progress(Protocol):
+    def update(self, n: float = 1) -> object: ...
+
+
+@dataclass
+class GcReport:
+    apply: bool
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    blobs_seen: int = 0
+    referenced: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, count: int = 1, size: int = 0) -> None:
+        self.counts[kind] += count
+        self.sizes[kind] += size
+
+    def summary(self) -> str:
+        verb = "removed" if self.apply else "would remove"
+        parts = [f"{self.counts[k]} {k}{'s' if self.counts[k] != 1 else ''}" for k in KINDS if self.counts[k]]
+        what = ", ".join(parts) if parts else "nothing"
+        size = self.sizes["blob"] + self.sizes["staging"]
+        return f"{verb} {what} ({size} bytes) after checking {self.blobs_seen} blobs, {self.referenced} referenced"
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        storage: Storage,
+        access: AccessLog,
+        grace: float,
+        min_idle: float,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.access = access
+        self.grace = grace
+        self.min_idle = min_idle
+        self.metrics = metrics
+        self.clock = clock
+
+    async def run(self, *, apply: bool, progress: Progress | None = None) -> GcReport:
+        report = GcReport(apply=apply)
+        await self._purges(report)
+        await self._blobs(report, progress)
+        await self._staging(report)
+        await self._leases(report)
+        if apply and self.metrics is not None:
+            for kind in KINDS:
+                if report.counts[kind]:
+                    self.metrics.gc_removed.labels(kind).inc(report.counts[kind])
+            self.metrics.gc_removed_bytes.inc(report.sizes["blob"])
+            if not report.errors:
+                self.metrics.gc_last_success.set(self.clock())
+        return report
+
+    async def _remove(self, report: GcReport, key: str) -> bool:
+        if not report.apply:
+            return True
+        try:
+            return await self.storage.delete(key)
+        except StorageError as exc:
+            report.errors.append(f"cannot remove {key}: {exc.message}")
+            return False
+
+    async def _purges(self, report: GcReport) -> None:
+        """Finish purges a restart or a failure interrupted (first: their blobs then count as unreferenced)."""
+        cutoff = self.clock() - self.grace
+        async for key, record in read_records(self.storage, self.storage.list(keys.PURGES)):
+            repo_type, repo_id, started = record.get("repo_type"), record.get("repo_id"), record.get("at", 0)
+            if not isinstance(repo_type, str) or f"{repo_type}s" not in API_TYPES or not isinstance(repo_id, str):
+                continue
+            if not isinstance(started, (int, float)) or started > cutoff:
+                continue  # may still be running
+            repo = RepoRef(repo_type, repo_id)
+            async for leftover in self.storage.list(keys.repo_prefix(repo)):
+                await self._remove(report, leftover)
+            if await self._remove(report, key):
+                report.add("purge")
+
+    async def _blobs(self, report: GcReport, progress: Progress | None) -> None:
+        referenced = await referenced_blobs(self.storage)
+        report.referenced = len(referenced)
+        reads = await self.access.last_reads()
+        now = self.clock()
+        stored: set[str] = set()
+        async for blob_key, size, mtime in stored_blobs(self.storage):
+            report.blobs_seen += 1
+            if progress is not None:
+                progress.update(1)
+            if blob_key in referenced:
+                stored.add(blob_key)
+                continue
+            recent = max(mtime + self.grace, reads.get(blob_key, 0.0) + self.min_idle) > now
+            if recent or self.access.in_use(blob_key):
+                stored.add(blob_key)
+                continue
+            if not report.apply:
+                report.add("blob", size=size)
+                continue
+            try:
+                if await self.access.remove(blob_key):
+                    report.add("blob", size=size)
+                else:
+                    stored.add(blob_key)
+            except StorageError as exc:
+                report.errors.append(f"cannot remove {blob_key}: {exc.message}")
+                stored.add(blob_key)
+        del referenced
+        stale_records = {key for key in reads if key not in stored}
+        report.add("access", len(stale_records))
+        if report.apply and stale_records:
+            try:
+                await self.access.forget(stale_records)
+            except StorageError as exc:
+                report.errors.append(f"cannot update the access records: {exc.message}")
+
+    async def _staging(self, report: GcReport) -> None:
+        if not report.apply:
+            return  # backends tell what they removed only by removing it
+        try:
+            count, size = await self.storage.clean_staging(self.grace)
+        except StorageError as exc:
+            report.errors.append(f"cannot clean staging: {exc.message}")
+            return
+        report.add("staging", count, size)
+
+    async def _leases(self, report: GcReport) -> None:
+        cutoff = self.clock() - LEASE_SLACK
+        async for key, record in read_records(self.storage, self.storage.list(keys.FILL_LEASES)):
+            expires = record.get("expires")
+            if isinstance(expires, (int, float)) and expires < cutoff and await self._remove(report, key):
+                report.add("lease")
