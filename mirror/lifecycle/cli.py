@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mirror.lifecycle import gc_command, verify_command
+from mirror.lifecycle import bundle_commands, gc_command, verify_command
 
-COMMANDS: list[Any] = [gc_command, verify_command]
+COMMANDS: list[Any] = [gc_command, verify_command, bundle_commands]
 
 
 def add_lifecycle_parsers(sub: Any) -> None:
