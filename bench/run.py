@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import scenarios
+from bench import lifecycle, scenarios
 from bench.common import MIB, Results, Row, fmt_ratio, fmt_value
 from bench.refs import Nginx, ensure_olah
 from testbed.hubemu import HubEmulator
@@ -33,6 +33,8 @@ SCENARIOS: dict[str, tuple[str, Callable[[scenarios.Ctx], None]]] = {
     "4": ("metadata at 64 connections", scenarios.metadata),
     "6": ("S3 backend", scenarios.s3),
     "7": ("snapshot_download of 200 files", scenarios.snapshot),
+    "8": ("eviction bookkeeping: warm HEAD/GET, eviction on vs off", lifecycle.eviction_overhead),
+    "9": ("gc and verify of 100,000 blobs: time and peak RSS", lifecycle.gc_verify_memory),
 }
 
 
