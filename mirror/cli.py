@@ -16,6 +16,7 @@ from mirror.admin.cli import add_admin_parsers, run_admin
 from mirror.app import create_app
 from mirror.config import LOG_FORMATS, LOG_LEVELS, ConfigError, load_config
 from mirror.lifecycle.cli import add_lifecycle_parsers, run_lifecycle
+from mirror.lifecycle.offline import add_storage_args, storage_overrides
 from mirror.logs import setup_logging
 from mirror.runtime import tune_allocator
 from mirror.smoke.cli import add_smoke_parser, run_smoke
@@ -26,16 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hub-mirror {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the mirror server")
-    serve.add_argument("--config", help="YAML config file (see config/mirror.example.yaml)")
+    add_storage_args(serve)  # --config, --cache-dir, --storage, --s3-*: as for the offline commands
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8090)")
     serve.add_argument("--upstream", help="upstream Hub URL (default https://huggingface.co)")
-    serve.add_argument("--cache-dir", help="cache directory (default ./hub-mirror-cache)")
-    serve.add_argument("--storage", choices=("local", "s3"), help="storage backend (default local)")
-    serve.add_argument("--s3-endpoint", help="S3 endpoint URL (MinIO, Ceph RGW, ...; omit for AWS S3)")
-    serve.add_argument("--s3-bucket", help="S3 bucket holding the cache")
-    serve.add_argument("--s3-prefix", help="key prefix inside the bucket (default none)")
-    serve.add_argument("--s3-region", help="S3 region (default us-east-1)")
     serve.add_argument(
         "--log-format", choices=LOG_FORMATS, help="log line format: text (default) or json (one object per line)"
     )
@@ -56,16 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def serve(args: argparse.Namespace) -> int:
     overrides = {
+        **storage_overrides(args),
         "server": {"host": args.host, "port": args.port},
         "upstream": {"url": args.upstream},
-        "cache": {"dir": args.cache_dir},
-        "storage": {
-            "backend": args.storage,
-            "s3_endpoint": args.s3_endpoint,
-            "s3_bucket": args.s3_bucket,
-            "s3_prefix": args.s3_prefix,
-            "s3_region": args.s3_region,
-        },
         "log": {"format": args.log_format, "level": args.log_level},
         "policy": {"enforce_allowlist": args.enforce_allowlist},
     }

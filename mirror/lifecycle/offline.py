@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mirror.config import Config, ConfigError, load_config
 from mirror.storage import Storage
@@ -28,9 +29,9 @@ def add_storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-region", help="S3 region (default us-east-1)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config the flags, environment and file give; raises ConfigError."""
-    overrides = {
+def storage_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config sections the storage flags set (None where a flag was not given)."""
+    return {
         "cache": {"dir": args.cache_dir},
         "storage": {
             "backend": args.storage,
@@ -40,7 +41,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "s3_region": args.s3_region,
         },
     }
-    return load_config(args.config, overrides)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config the flags, environment and file give; raises ConfigError."""
+    return load_config(args.config, storage_overrides(args))
 
 
 def load_or_exit(args: argparse.Namespace, command: str) -> Config | None:
