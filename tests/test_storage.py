@@ -280,6 +280,37 @@ async def test_s3_start_aborts_only_stale_uploads(s3_server: S3Server) -> None:
         await store.close()
 
 
+async def test_s3_clean_staging_aborts_uploads_older_than_asked(s3_server: S3Server) -> None:
+    """gc's sweep of S3 staging: unfinished uploads past the grace it is given, not younger ones."""
+    store = s3_store(s3_server)
+    await store.start()
+    await write_chunks(store, "blobs/half", [os.urandom(MIN_PART_SIZE + 1)])
+    assert await store.clean_staging(older_than=3600) == (0, 0)
+    assert _uploads(s3_server, prefix=store.prefix) == [store.prefix + "blobs/half"]
+    assert (await store.clean_staging(older_than=0))[0] == 1
+    assert _uploads(s3_server, prefix=store.prefix) == []
+    await store.close()
+
+
+async def test_local_staging_leftovers_go_only_once_older_than_asked(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path, owner=False)
+    await local.start()
+    live = await local.open_writer("blobs/live")
+    await live.write(b"still being filled")
+    dead = local.staging / "dead.part"
+    dead.write_bytes(b"x" * 10)
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    assert await local.clean_staging(older_than=3600) == (1, 10)
+    assert not dead.exists()
+    await live.write(b"!")
+    assert (await live.commit()).size == len(b"still being filled!")
+    # Not the owner: starting does not sweep staging (a mirror may be filling into it).
+    other = await local.open_writer("blobs/other")
+    await LocalStorage(tmp_path, owner=False).start()
+    await other.write(b"ok")
+    assert (await other.commit()).size == 2
+
+
 async def test_s3_wrong_credentials_and_missing_bucket_are_typed(s3_server: S3Server) -> None:
     wrong = S3Storage(
         BUCKET, endpoint=s3_server.endpoint, region=REGION, access_key=ACCESS_KEY, secret_key="not-the-secret"

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mirror.storage.configured import build_storage
 from mirror.cache import keys
 from mirror.config import load_config
+from mirror.storage.configured import build_storage
 from testbed.hubemu import HubEmulator, sha256_hex
 from testbed.mirror_server import MirrorThread
 from tests.support.storage_faults import FaultyStorage, StorageFaults
