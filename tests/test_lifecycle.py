@@ -465,3 +465,48 @@ def test_eviction_killed_mid_pass_leaves_a_cache_that_serves_correctly(hub: HubE
             assert fetch(f"{proc.url}/org/evict/resolve/main/{name}") == (200, data)
     finally:
         proc.stop()
+
+
+def test_one_replica_leads_maintenance_and_another_takes_over_when_it_leaves(tmp_path: Path) -> None:
+    from mirror.cache.leases import Leases
+    from mirror.config import CacheConfig
+    from mirror.lifecycle.maintenance import Maintenance
+
+    class Scrub:
+        def __init__(self) -> None:
+            self.running = 0
+
+        async def run_forever(self) -> None:
+            self.running += 1
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.running -= 1
+
+    async def scenario() -> None:
+        storage = LocalStorage(tmp_path / "shared")
+        await storage.start()
+        config = CacheConfig(evict_interval=0.05, gc_interval=0)
+        scrubs = [Scrub(), Scrub()]
+        replicas = [
+            Maintenance(Leases(storage, "", 2.0), config, evictor=None, gc=None, scrub=scrub) for scrub in scrubs
+        ]
+        for replica in replicas:
+            replica.start()
+        deadline = time.monotonic() + 10
+        while not any(r.leader for r in replicas) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # several ticks: the lease holds
+        assert [r.leader for r in replicas].count(True) == 1
+        first = next(i for i, r in enumerate(replicas) if r.leader)
+        assert scrubs[first].running == 1 and scrubs[1 - first].running == 0
+        await replicas[first].close()  # hands the lease over at once
+        assert scrubs[first].running == 0
+        other = replicas[1 - first]
+        deadline = time.monotonic() + 10
+        while not other.leader and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert other.leader and scrubs[1 - first].running == 1
+        await other.close()
+
+    asyncio.run(scenario())
