@@ -65,6 +65,7 @@ from mirror.storage.configured import build_storage
 from mirror.sync.jobs import SyncManager
 from mirror.sync.pins import Pins
 from mirror.sync.scheduler import Scheduler
+from mirror.tasks import stop
 from mirror.upstream import Upstream
 
 
@@ -159,10 +160,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        background = [task for task in (measurer, prober) if task is not None]
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await stop(measurer, prober)
         await maintenance.close()
         await scheduler.close()
         await sync.close()

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 from mirror.errors import StorageError
 from mirror.storage import Storage
+from mirror.tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class LeaseUnavailable(StorageError):
 
 async def _bounded(operation: Awaitable[T], what: str) -> T:
     try:
-        return await asyncio.wait_for(operation, OP_TIMEOUT)
+        return await within(operation, OP_TIMEOUT)
     except asyncio.TimeoutError:
         raise LeaseUnavailable(f"lease store did not {what} within {OP_TIMEOUT:.0f} s") from None
     except StorageError as exc:

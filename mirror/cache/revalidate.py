@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from mirror.errors import UpstreamUnavailable
 from mirror.metrics import CURRENT_REQUEST, current_stats
+from mirror.tasks import stop
 
 V = TypeVar("V")
 K = TypeVar("K")
@@ -103,7 +104,4 @@ class Revalidator:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [task for task, _ in self._running.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(*[task for task, _ in self._running.values()])

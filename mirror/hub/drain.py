@@ -12,12 +12,13 @@ kept in the cache.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
+
+from mirror.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,4 @@ class Drain:
                 request.transport.abort()
 
     async def close(self) -> None:
-        if self._cutter is not None:
-            self._cutter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cutter
+        await stop(self._cutter)

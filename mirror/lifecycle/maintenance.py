@@ -22,6 +22,7 @@ from mirror.errors import StorageError
 from mirror.lifecycle.evict import Evictor
 from mirror.lifecycle.gc import GarbageCollector, GcReport
 from mirror.metrics import Metrics
+from mirror.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,7 @@ class Maintenance:
         self._task = asyncio.create_task(self._loop(), name="maintenance")
 
     async def close(self) -> None:
-        for task in (self._task, self._scrubbing):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await stop(self._task, self._scrubbing)
         if self.leader:
             self._lead(False)
             await self.leases.release(keys.MAINTENANCE_LEASE)  # hand over at once

@@ -35,6 +35,7 @@ from mirror.metrics import Metrics
 from mirror.storage import Storage
 from mirror.storage.base import ObjectInfo, ObjectNotFound
 from mirror.sync.bandwidth import Bandwidth
+from mirror.tasks import within
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -250,7 +251,7 @@ class Scrubber:
     async def _step(self, operation: Awaitable[T]) -> T:
         if self.step_timeout is None:
             return await operation
-        return await asyncio.wait_for(operation, self.step_timeout)
+        return await within(operation, self.step_timeout)
 
     # -- many blobs ----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from mirror.storage import Storage
 from mirror.sync.bandwidth import Bandwidth
 from mirror.sync.pins import Pins
 from mirror.sync.ratelimit import with_rate_limit
+from mirror.tasks import stop
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ class SyncManager:
         self._worker = asyncio.create_task(self._work(), name="sync-worker")
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        await stop(self._worker)
 
     async def submit(
         self,

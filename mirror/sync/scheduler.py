@@ -20,6 +20,7 @@ from mirror.errors import StorageError
 from mirror.metrics import Metrics
 from mirror.policy.allowlist import AllowList
 from mirror.sync.jobs import SyncManager
+from mirror.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,7 @@ class Scheduler:
         self._task = asyncio.create_task(self._loop(), name="sync-scheduler")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop(self._task)
         if self.leader:
             # Hand over at once rather than after the lease runs out.
             await self.leases.release(keys.SCHEDULER_LEASE)

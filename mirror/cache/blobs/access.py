@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from mirror.cache import keys
 from mirror.errors import StorageError
 from mirror.storage import Storage
+from mirror.tasks import stop, within
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,9 @@ class AccessLog:
         self._flusher = asyncio.create_task(self._flush_loop(), name="access-flush")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await stop(self._flusher)
         try:
-            await asyncio.wait_for(self.flush(), 10)
+            await within(self.flush(), 10)
         except (asyncio.TimeoutError, StorageError) as exc:
             log.warning("could not record the last reads of blobs at shutdown: %s", exc)
 

@@ -30,11 +30,11 @@ from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavai
 from mirror.metrics import Metrics, current_stats
 from mirror.storage import BlobWriter, Storage
 from mirror.storage.base import StorageUnavailable, WindowPassed
+from mirror.tasks import stop, within
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_timeout = getattr(asyncio, "timeout", None)
 
 
 class Throttle(Protocol):
@@ -171,11 +171,7 @@ class Fill:
         """A storage operation of this fill, failed as StorageUnavailable if it hangs."""
         limit = self.storage_timeout if timeout is None else timeout
         try:
-            if _timeout is None:  # Python 3.10
-                return await asyncio.wait_for(operation, limit)
-            # Unlike wait_for, no task per call: this runs for every chunk of every fill.
-            async with _timeout(limit):
-                return await operation
+            return await within(operation, limit)
         except asyncio.TimeoutError:
             raise StorageUnavailable(f"storage did not {what} for {self.entry.blob_key} within {limit:.0f} s") from None
 
@@ -195,8 +191,7 @@ class Fill:
             await store
         finally:
             if not store.done():
-                store.cancel()
-                await asyncio.gather(store, return_exceptions=True)
+                await stop(store)
         digest = hasher.hexdigest()
         if digest != entry.etag:
             raise IntegrityError(
