@@ -139,6 +139,11 @@ class Metrics:
         self.storage_scan_timestamp = Gauge(
             "hub_mirror_storage_scan_timestamp_seconds", "When storage usage was last measured", registry=r
         )
+        self.ready = Gauge(
+            "hub_mirror_ready",
+            "1 while storage is reachable and writable, as /readyz decides (checked every 15 s and by each /readyz)",
+            registry=r,
+        )
         self.upstream_up = Gauge(
             "hub_mirror_upstream_up",
             "1 while upstream answers: the circuit breaker is closed (set by every upstream request)",

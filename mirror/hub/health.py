@@ -14,12 +14,34 @@ from mirror.errors import StorageError
 from mirror.hub.appkeys import CONFIG, METRICS, STORAGE, UPSTREAM
 from mirror.metrics import Metrics
 from mirror.storage import Storage
+from mirror.tasks import stop, within
 from mirror.tokens import is_token
 from mirror.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 STORAGE_SCAN_INTERVAL = 60.0
+# How often the background check keeps hub_mirror_ready current (the alert HubMirrorUnready reads it).
+READINESS_INTERVAL = 15.0
+# A store that accepts connections and never answers is not ready either: the check gives up here.
+READINESS_TIMEOUT = 10.0
+
+
+async def check_ready(storage: Storage, metrics: Metrics) -> str | None:
+    """Why storage is not ready (reachable and writable), or None; hub_mirror_ready follows the answer.
+
+    The one decision behind both /readyz and the background check, so the metric and the endpoint
+    never disagree.
+    """
+    try:
+        await within(storage.check_writable(), READINESS_TIMEOUT)
+        problem = None
+    except StorageError as exc:
+        problem = exc.message
+    except asyncio.TimeoutError:
+        problem = f"{storage.name} storage: no answer to the readiness check within {READINESS_TIMEOUT:.0f} s"
+    metrics.ready.set(0 if problem else 1)
+    return problem
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -38,11 +60,7 @@ async def readyz(request: web.Request) -> web.Response:
     a caller with the admin token.
     """
     storage = request.app[STORAGE]
-    storage_error: str | None = None
-    try:
-        await storage.check_writable()
-    except StorageError as exc:
-        storage_error = exc.message
+    storage_error = await check_ready(storage, request.app[METRICS])
     ready = storage_error is None
     body: dict[str, object] = {
         "status": "ready" if ready else "unready",
@@ -60,7 +78,37 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def measure_storage(storage: Storage, metrics: Metrics) -> None:
-    """Keep the storage gauges current; a scan of the blob store every minute."""
+    """Keep the storage gauges current: readiness every 15 s, a scan of the blob store every minute.
+
+    Two loops side by side in this one task (app.py starts and stops it), so a long scan of a big
+    bucket never delays the readiness check.
+    """
+    loops = [asyncio.ensure_future(loop(storage, metrics)) for loop in (_scan_usage, _watch_ready)]
+    try:
+        await asyncio.gather(*loops)
+    finally:
+        await stop(*loops)
+
+
+async def _watch_ready(storage: Storage, metrics: Metrics) -> None:
+    """hub_mirror_ready without anyone calling /readyz; a change either way is logged once."""
+    was_ready: bool | None = None
+    while True:
+        try:
+            problem = await check_ready(storage, metrics)
+        except Exception as exc:  # a check must never end the loop; an unexpected failure is unready
+            log.exception("storage readiness check failed")
+            metrics.ready.set(0)
+            problem = repr(exc)
+        if problem and was_ready is not False:
+            log.warning("storage not ready (hub_mirror_ready 0): %s", problem)
+        elif not problem and was_ready is False:
+            log.info("storage ready again (hub_mirror_ready 1)")
+        was_ready = not problem
+        await asyncio.sleep(READINESS_INTERVAL)
+
+
+async def _scan_usage(storage: Storage, metrics: Metrics) -> None:
     while True:
         try:
             count, total = await storage.usage(keys.BLOBS)
