@@ -573,3 +573,55 @@ def test_a_replica_asking_mid_fill_costs_no_second_upstream_fetch(
     finally:
         first.stop()
         second.stop()
+
+
+def stalled_holder(connections: int) -> str:
+    """The URL of a replica that accepts `connections` requests, then drops them all at once (or
+    after 10 s): the survivors find it dead at the same moment, which is when their takeovers race."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(10)
+
+    def serve() -> None:
+        accepted = []
+        with server:
+            try:
+                while len(accepted) < connections:
+                    conn, _ = server.accept()
+                    accepted.append(conn)
+            except OSError:
+                pass
+            for conn in accepted:
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_replicas_that_find_the_fill_holder_dead_fetch_the_blob_from_upstream_once(
+    hub: HubEmulator, s3: S3Server, tmp_path: Path
+) -> None:
+    """The holder of a fill lease died mid-fill (found by the multi-replica test): both survivors
+    find it unreachable at once and take the lease over. The last takeover wins; the other streams
+    from the winner instead of fetching the blob a second time."""
+    size = 6 * MIN_PART_SIZE
+    big = os.urandom(size)
+    hub.add_repo("model", "org/orphan", {"w.safetensors": big})
+    hub.faults.throttle(12 * MIB)  # the fill runs a few seconds: both requests find it running
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    first, second = (replica(hub, s3, tmp_path, prefix) for _ in range(2))
+    try:
+        dead = stalled_holder(connections=2)  # a holder that dies for both at the same moment
+        lease = {"owner": "dead-replica", "url": dead, "expires": time.time() + 60}
+        lease_key = keys.fill_lease_key(keys.blob_key(sha256_hex(big)))
+        first.call(first.storage.put_bytes(lease_key, json.dumps(lease).encode()))
+        url = "/org/orphan/resolve/main/w.safetensors"
+        results = fetch_together([first.url + url, second.url + url])
+        assert results == [(200, big), (200, big)]
+        assert cdn_gets(hub) == 1, "both survivors fetched the orphaned blob from upstream"
+    finally:
+        first.stop()
+        second.stop()

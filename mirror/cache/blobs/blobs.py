@@ -84,6 +84,7 @@ class Blobs:
     ) -> BlobBody:
         key = entry.blob_key
         may_proxy = may_proxy and self.replicas is not None
+        unreachable: frozenset[str] = frozenset()
         while True:
             if await self.storage.stat(key) is not None:
                 if disposition is not None:
@@ -97,15 +98,16 @@ class Blobs:
             finished = self.filler.finished(key)
             if finished is not None:
                 return BlobBody(source="cache", chunks=finished.stream(start, end))
-            started = await self.filler.start(entry, token, may_proxy=may_proxy)
+            started = await self.filler.start(entry, token, may_proxy=may_proxy, unreachable=unreachable)
             if isinstance(started, Fill):
                 return await self._from_fill(started, start, end)
             assert self.replicas is not None
             chunks = await self.replicas.open(started.url, entry, token, start, end)
             if chunks is not None:
                 return BlobBody(source="peer", chunks=chunks)
-            # The holder cannot serve it: look once more (it may have just published), else fill here.
-            may_proxy = False
+            # The holder cannot serve it: look once more (it may have just published), else fill here
+            # or stream from the replica that takes the fill over instead (never back to this holder).
+            unreachable |= {started.url}
 
     @staticmethod
     async def _from_fill(fill: Fill, start: int, end: int) -> BlobBody:

@@ -48,6 +48,9 @@ BLOCK = 1024 * 1024
 # this many seconds (well under huggingface_hub's 10 s read timeout), rather than fetching upstream.
 FOLLOWER_WAIT = 4.0
 PIPELINE_CHUNKS = 4
+# Seconds a replica that took over a dead replica's fill lease waits before reading it back: the
+# others that found the holder dead write theirs meanwhile, and all but the last then follow it.
+TAKEOVER_SETTLE = 0.2
 
 
 class BlockMismatch(Exception):
@@ -427,23 +430,32 @@ class Filler:
         self._tasks: dict[asyncio.Task[None], Fill] = {}
         self.started = 0
 
-    async def start(self, entry: FileEntry, token: str | None, *, may_proxy: bool = True) -> Fill | Lease:
+    async def start(
+        self, entry: FileEntry, token: str | None, *, may_proxy: bool = True, unreachable: frozenset[str] = frozenset()
+    ) -> Fill | Lease:
         """The fill of this blob, joined or started here, or the live lease of another replica.
 
         Without leases (no server.advertise_url) this is join(). With them, a fill started here
         holds the blob's lease while it runs. When another replica holds it, its lease is returned
-        if `may_proxy` (the caller streams the blob from that replica); otherwise (that replica
-        could not be reached, or this request came from a replica) this one takes the lease over.
+        if `may_proxy` (the caller streams the blob from that replica) unless its URL is one of
+        `unreachable`; otherwise this replica takes the lease over. Replicas that found the same
+        holder unreachable take it over at about the same time: the last write wins, and the others
+        stream from the winner rather than fetch the blob from upstream again.
         """
         key = entry.blob_key
+        lease_key = keys.fill_lease_key(key)
         if self.leases is None or key in self._fills:
             return self.join(entry, token)
         try:
-            holder = await self.leases.claim(keys.fill_lease_key(key))
+            holder = await self.leases.claim(lease_key)
             if holder is not None:
-                if may_proxy:
+                if may_proxy and holder.url not in unreachable:
                     return holder
-                await self.leases.take(keys.fill_lease_key(key))  # filling here anyway: the others should come here
+                await self.leases.take(lease_key)  # filling here anyway: the others should come here
+                if may_proxy:
+                    winner = await self._settle_takeover(lease_key, unreachable)
+                    if winner is not None:
+                        return winner
         except LeaseUnavailable as exc:
             # Leases only save upstream traffic: without the store's answer, fill here unleased.
             log.warning("filling %s without a lease: %s", key, exc.message)
@@ -452,6 +464,15 @@ class Filler:
             return self.join(entry, token)  # a fill started here while the lease was claimed
         self._leased.add(key)
         return self.join(entry, token)
+
+    async def _settle_takeover(self, lease_key: str, unreachable: frozenset[str]) -> Lease | None:
+        """After taking a lease over: the replica whose takeover won, if not this one."""
+        assert self.leases is not None
+        await asyncio.sleep(TAKEOVER_SETTLE)  # let the writes of replicas racing for it land
+        current = await self.leases.read(lease_key)
+        if current is None or current.owner == self.leases.owner or current.url in unreachable:
+            return None
+        return current if current.expires > time.time() else None
 
     def join(self, entry: FileEntry, token: str | None, throttle: Throttle | None = None) -> Fill:
         """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
