@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Set up a virtualenv with the project and its test tools, the Debian download tools the
-# conformance tests drive (curl, wget, aria2c), an older huggingface_hub for the old-client tests,
-# then run the whole suite.
+# conformance tests drive (curl, wget, aria2c), nginx (the load balancer in front of the replicas in
+# tests/test_load_balancer.py), promtool (package prometheus: the alert rules are unit-tested), an
+# older huggingface_hub for the old-client tests, then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null || ! command -v wget >/dev/null; then
+if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null || ! command -v wget >/dev/null \
+  || ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! command -v promtool >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl wget aria2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl wget aria2 nginx prometheus >/dev/null
 fi
 
 PY=${PYTHON:-python3}
