@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.error
 import urllib.request
@@ -101,3 +102,39 @@ def test_access_cannot_be_verified_while_upstream_is_down(hub: HubEmulator, mirr
     status, _ = status_of(url, "hf_new_token_never_checked")
     assert 500 <= status < 600, "an unverifiable token gets a 5xx, never the bytes"
     assert status_of(url)[0] == 401
+
+
+@pytest.mark.parametrize("query", ["expand=siblings", "expand=siblings&expand=sha"])
+@pytest.mark.parametrize("kind", ["gated", "private"])
+def test_an_info_selection_never_opens_a_repo_to_other_tokens(
+    hub: HubEmulator, mirror: MirrorThread, kind: str, query: str
+) -> None:
+    """`?expand=siblings` selects properties: the Hub's answer carries neither `private` nor `gated`.
+    Read as a whole answer it would make the repo look public, and cached bytes would reach anyone."""
+    hub.add_repo(
+        "model",
+        "org/secret",
+        {"config.json": b"{}", "w.safetensors": WEIGHTS},
+        gated="manual" if kind == "gated" else False,
+        private=kind == "private",
+        tokens=(ALICE,),
+    )
+    url = f"{mirror.url}/org/secret/resolve/main/w.safetensors"
+    assert status_of(url, ALICE) == (200, None)
+    selection = f"{mirror.url}/api/models/org/secret?{query}"
+    request = urllib.request.Request(selection, headers={"Authorization": f"Bearer {ALICE}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    # The caller's question answered, as the Hub answers it: no sha it did not select.
+    assert "siblings" in answer and ("sha" in answer) == ("sha" in query) and "private" not in answer
+    expected = "GatedRepo" if kind == "gated" else "RepoNotFound"
+    assert status_of(url)[1] == expected
+    assert status_of(url, "hf_mallory")[1] == expected
+
+
+def test_an_info_selection_is_answered_like_the_hub(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"config.json": b"{}"})
+    for query in ("expand=siblings", "expand=siblings&expand=sha", "expand=private"):
+        direct = json.loads(urllib.request.urlopen(f"{hub.url}/api/models/org/m?{query}", timeout=30).read())
+        mirrored = json.loads(urllib.request.urlopen(f"{mirror.url}/api/models/org/m?{query}", timeout=30).read())
+        assert mirrored == direct, query

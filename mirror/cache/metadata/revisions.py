@@ -187,15 +187,26 @@ class Revisions:
         path = repo.api_path
         if revision:
             path += f"/revision/{quote(revision, safe='')}"
-        if query:
-            path += f"?{query}"
+        # `expand=` selects the properties the Hub returns instead of adding to them: a selection
+        # without `sha` gets no commit, which the cache is keyed by. Ask for it too, and hand the
+        # caller the answer to its own question.
+        params = query.split("&") if query else []
+        added_sha = any(p.startswith("expand=") for p in params) and "expand=sha" not in params
+        upstream_query = "&".join(sorted([*params, "expand=sha"])) if added_sha else query
+        if upstream_query:
+            path += f"?{upstream_query}"
         data, _ = await self.upstream.api_json(path, token)
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"upstream repo info for {repo} has no commit sha", status=502)
+        if added_sha:
+            data = {key: value for key, value in data.items() if key != "sha"}
         await self.records.put_best_effort(keys.api_key(repo, sha, "info", query), data)
         if not (revision and is_commit(revision)):
             await self.remember(repo, revision or "", sha)
-        for observe in self.observers:
-            await observe(repo, data)
+        if "private" in data and "gated" in data:
+            # Only a whole answer says who may read the repo: a selection (`expand=siblings`) has
+            # neither key, and reading it as "public" would open a gated repo to every token.
+            for observe in self.observers:
+                await observe(repo, data)
         return data
