@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -315,12 +315,14 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
         follow_off_origin: bool = False,
+        follow: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send a request, following redirects by hand.
 
-        Same-origin redirects are always followed (relative 307s to resolve-cache, renamed repos).
-        Off-origin ones are followed only when asked, without the token; otherwise the 3xx itself
-        is returned, since it is what carries the Hub's metadata headers.
+        Same-origin redirects are followed (relative 307s to resolve-cache, renamed repos) unless
+        `follow` is False (a streamed body cannot be sent twice). Off-origin ones are followed only
+        when asked, without the token; otherwise the 3xx itself is returned, since it is what
+        carries the Hub's metadata headers.
         """
         for _ in range(MAX_REDIRECTS + 1):
             kind = "api" if "/api/" in urlsplit(url).path else ("head" if method == "HEAD" else "body")
@@ -352,7 +354,7 @@ class Upstream:
             observe_upstream(self.metrics, kind, resp.status, started)
             self.record_outcome(resp.status < 500)
             location = resp.headers.get("Location")
-            if resp.status not in (301, 302, 303, 307, 308) or not location:
+            if not follow or resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
             target = urljoin(str(resp.url), location)
             if origin_of(target) != self.origin and not follow_off_origin:
@@ -362,6 +364,39 @@ class Upstream:
             if resp.status == 303:
                 method, data = "GET", None
         raise UpstreamUnavailable("upstream redirected too many times")
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        token: str | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
+    ) -> AsyncIterator[Streamed]:
+        """Send a request to an upstream path and hand back its answer as it arrives.
+
+        For git's smart HTTP, passed through both ways with one chunk in memory: `body` may be an
+        async iterable (sent chunked as it comes), and the answer's body is read piece by piece. A
+        streamed body cannot be sent a second time, so with one any redirect is returned as it is.
+        """
+        streamed_body = body is not None and not isinstance(body, bytes)
+        resp = await self.request(method, self.url(path), token, headers=headers, data=body, follow=not streamed_body)
+        async with resp:
+            yield Streamed(resp.status, resp.headers, self._pieces(resp, path))
+
+    async def _pieces(self, resp: aiohttp.ClientResponse, path: str) -> AsyncIterator[bytes]:
+        try:
+            async for piece in resp.content.iter_any():
+                yield piece
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.record_outcome(False)
+            reason = unreachable_reason(exc)
+            self._failure_log.warning(
+                ("stream", reason), "upstream answer to %s broke off: %s: %s", path, type(exc).__name__, exc
+            )
+            raise UpstreamUnavailable(f"upstream answer broke off ({reason})") from exc
 
     async def api_json(
         self,
@@ -508,6 +543,15 @@ class Upstream:
             raise await error_from_response(resp)
         finally:
             resp.release()
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """An upstream answer whose body is read as it arrives (`Upstream.stream`)."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    chunks: AsyncIterator[bytes]
 
 
 @dataclass(frozen=True)

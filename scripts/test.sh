@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Set up a virtualenv with the project and its test tools, the Debian download tools the
 # conformance tests drive (curl, wget, aria2c), nginx (the load balancer in front of the replicas in
-# tests/test_load_balancer.py), promtool (package prometheus: the alert rules are unit-tested), an
-# older huggingface_hub for the old-client tests, then run the whole suite.
+# tests/test_load_balancer.py), promtool (package prometheus: the alert rules are unit-tested), git and
+# git-lfs (the emulator's git server and `git clone` through the mirror), an older huggingface_hub
+# for the old-client tests, then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v curl >/dev/null || ! command -v aria2c >/dev/null || ! command -v wget >/dev/null \
-  || ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! command -v promtool >/dev/null; then
+  || ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! command -v promtool >/dev/null \
+  || ! command -v git >/dev/null || ! git lfs version >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl wget aria2 nginx prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl wget aria2 nginx prometheus git git-lfs >/dev/null
 fi
 
 PY=${PYTHON:-python3}

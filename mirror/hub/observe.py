@@ -20,6 +20,14 @@ access_log = logging.getLogger("mirror.access")
 ROUTE = web.RequestKey("route", str)
 REPO_TYPE = web.RequestKey("repo_type", str)
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+# git's smart HTTP and git-lfs, passed through to upstream (hub/git.py): endpoint -> route kind.
+# A push (`info/refs?service=git-receive-pack` too) is refused and counted as git_receive_pack.
+GIT_ROUTES = {
+    "info/refs": "git_refs",
+    "git-upload-pack": "git_upload_pack",
+    "git-receive-pack": "git_receive_pack",
+    "info/lfs/objects/batch": "git_lfs_batch",
+}
 
 
 @web.middleware

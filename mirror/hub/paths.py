@@ -34,6 +34,8 @@ API_OPS = {
 # Operations that take a folder path after the revision.
 PATH_OPS = ("tree", "treesize")
 MAX_RAW_PATH = 4096
+# The endpoints git (smart HTTP) and git-lfs call under a repo's URL; longest first.
+GIT_ENDPOINTS = ("info/lfs/objects/batch", "info/refs", "git-upload-pack", "git-receive-pack")
 # llama.cpp's tags name a quantisation (`Q4_K_M`, `IQ2_XXS`) or are `latest`.
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 
@@ -51,6 +53,19 @@ class ApiTarget:
     op: str  # "info" or one of API_OPS
     revision: str | None
     path: str  # tree or treesize sub-path ("" for the root)
+
+
+@dataclass(frozen=True)
+class GitTarget:
+    """git's smart HTTP (and git-lfs's batch API): `/[datasets/|spaces/]{repo}[.git]/{endpoint}`."""
+
+    repo: RepoRef
+    dot_git: bool  # the client named the repo with `.git`, and upstream is asked the same way
+    endpoint: str  # one of GIT_ENDPOINTS
+
+    @property
+    def upstream_path(self) -> str:
+        return f"/{self.repo.url_prefix}{self.repo.repo_id}{'.git' if self.dot_git else ''}/{self.endpoint}"
 
 
 @dataclass(frozen=True)
@@ -155,3 +170,31 @@ def parse_manifest(raw_path: str) -> ManifestTarget | None:
     if not _TAG_RE.fullmatch(tag):
         raise BadRequest(f"Invalid tag {tag[:200]!r}: expected a quantisation like Q4_K_M, or latest")
     return ManifestTarget(repo, tag)
+
+
+def parse_git(raw_path: str) -> GitTarget | None:
+    """`/[datasets/|spaces/]{repo}[.git]/{info/refs|git-upload-pack|git-receive-pack|info/lfs/objects/batch}`.
+
+    None when the path is not one; called after parse_resolve, so a resolve URL whose file is
+    named `info/refs` stays a resolve URL.
+    """
+    segs = _segments(raw_path)
+    for endpoint in GIT_ENDPOINTS:
+        tail = endpoint.split("/")
+        if len(segs) > len(tail) and segs[-len(tail) :] == tail:
+            rest = segs[: -len(tail)]
+            break
+    else:
+        return None
+    repo_type = "model"
+    if len(rest) >= 2 and rest[0] in RESOLVE_PREFIXES:
+        repo_type = RESOLVE_PREFIXES[rest[0]]
+        rest = rest[1:]
+    if not 1 <= len(rest) <= 2:
+        return None
+    names = [_decode(s) for s in rest]
+    dot_git = names[-1].endswith(".git")
+    if dot_git:
+        names[-1] = names[-1][: -len(".git")]
+    repo = RepoRef(repo_type, validate_repo_id("/".join(names)))
+    return GitTarget(repo, dot_git, endpoint)

@@ -1,4 +1,4 @@
-"""Dispatch on the raw path to the resolve, API and llama.cpp manifest handlers."""
+"""Dispatch on the raw path to the resolve, API, llama.cpp manifest and git handlers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from aiohttp import web
 
 from mirror.errors import MethodNotAllowed, NotFound
 from mirror.hub.api import handle_agent_harnesses, handle_api, handle_listing, handle_whoami
+from mirror.hub.git import handle_git
 from mirror.hub.llamacpp import handle_manifest
-from mirror.hub.observe import REPO_TYPE, ROUTE
-from mirror.hub.paths import parse_api, parse_listing, parse_manifest, parse_resolve
+from mirror.hub.observe import GIT_ROUTES, REPO_TYPE, ROUTE
+from mirror.hub.paths import parse_api, parse_git, parse_listing, parse_manifest, parse_resolve
 from mirror.hub.resolve import handle_resolve
 
 
@@ -39,7 +40,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             return await handle_manifest(request, manifest)
     resolve_target = parse_resolve(raw)
     if resolve_target is None:
-        raise NotFound(f"no route for {raw[:200]}")
+        git_target = parse_git(raw)
+        if git_target is None:
+            raise NotFound(f"no route for {raw[:200]}")
+        request[ROUTE] = GIT_ROUTES[git_target.endpoint]
+        request[REPO_TYPE] = git_target.repo.repo_type
+        return await handle_git(request, git_target)
     request[ROUTE] = "resolve"
     request[REPO_TYPE] = resolve_target.repo.repo_type
     if request.method not in ("GET", "HEAD"):

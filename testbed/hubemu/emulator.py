@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from .faults import Faults
+from .gitserver import GitRepos
 from .repos import REPO_TYPES, Blob, Repo
 from .server import HubServer
 
@@ -57,6 +58,7 @@ class HubEmulator:
         self._thread: threading.Thread | None = None
         self._runners: list[web.AppRunner] = []
         self._urls: tuple[str, str] | None = None
+        self.git_repos = GitRepos()  # bare repos behind the git routes, written on first use
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class HubEmulator:
         self._loop = self._thread = None
         self._runners = []
         self._urls = None
+        self.git_repos.close()
 
     def __enter__(self) -> HubEmulator:
         return self.start()

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from aiohttp import web
 
+from .gitserver import GitHandlers, split_git_path
 from .repos import API_SEGMENT, HEX40, Blob, Commit, Repo
 from .streaming import send_body
 
@@ -117,6 +118,7 @@ class HubServer:
         from .api import ApiHandlers  # api imports this module
 
         self.api = ApiHandlers(self)
+        self.git = GitHandlers(self, emu.git_repos)
 
     # -- applications ---------------------------------------------------------------------------
 
@@ -210,11 +212,13 @@ class HubServer:
             if segments[1:2] == ["resolve-cache"]:
                 return await self.resolve_cache(request, segments[2:])
             return await self.api.dispatch(request, segments[1:])
-        if request.method not in ("GET", "HEAD"):
-            raise not_found()
         repo_type = TYPE_OF_PREFIX.get(segments[0], "model")
         if repo_type != "model":
             segments = segments[1:]
+        if (git_route := split_git_path(segments)) is not None:
+            return await self.git.handle(request, repo_type, *git_route)
+        if request.method not in ("GET", "HEAD"):
+            raise not_found()
         repo_id, rest = self.locate(repo_type, segments, lambda rest: len(rest) >= 2 and rest[0] == "resolve")
         rev, path_segments = split_rev(rest[1:])
         path = unquote("/".join(path_segments))
