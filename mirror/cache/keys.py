@@ -15,9 +15,14 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def blob_key(etag: str) -> str:
+def _fanned_out(etag: str) -> str:
+    """`<algorithm>/<first hash byte>/<hash>`: where every per-blob key puts its blob."""
     algo = "sha256" if len(etag) == 64 else "sha1"
-    return f"blobs/{algo}/{etag[:2]}/{etag}"
+    return f"{algo}/{etag[:2]}/{etag}"
+
+
+def blob_key(etag: str) -> str:
+    return f"blobs/{_fanned_out(etag)}"
 
 
 ALLOWLIST = "admin/allowlist.json"
@@ -76,8 +81,7 @@ def access_shard_key(blob_key: str) -> str:
 
 def quarantine_key(etag: str) -> str:
     """Why stored bytes of this blob failed a re-check (the bytes themselves are removed)."""
-    algo = "sha256" if len(etag) == 64 else "sha1"
-    return f"{QUARANTINE}{algo}/{etag[:2]}/{etag}.json"
+    return f"{QUARANTINE}{_fanned_out(etag)}.json"
 
 
 def purge_key(repo: RepoRef) -> str:
@@ -86,8 +90,7 @@ def purge_key(repo: RepoRef) -> str:
 
 def poison_key(etag: str) -> str:
     """The record that some upstream copy of this blob failed verification after bytes of it went out."""
-    algo = "sha256" if len(etag) == 64 else "sha1"
-    return f"poisoned/{algo}/{etag[:2]}/{etag}.json"
+    return f"poisoned/{_fanned_out(etag)}.json"
 
 
 def entry_key(repo: RepoRef, commit: str, path: str) -> str:
