@@ -510,3 +510,25 @@ def test_one_replica_leads_maintenance_and_another_takes_over_when_it_leaves(tmp
         await other.close()
 
     asyncio.run(scenario())
+
+
+def test_a_repos_blobs_are_its_own_entries_not_those_of_a_repo_named_under_it(tmp_path: Path) -> None:
+    """repos/models/org/entries/... also lists the records of a repo "org/entries"."""
+    from mirror.lifecycle.inventory import repo_blobs
+
+    async def scenario() -> None:
+        storage = LocalStorage(tmp_path / "c")
+        await storage.start()
+        commit = "c" * 40
+        for repo_id, etag in (("org", "a" * 64), ("org/entries", "b" * 64)):
+            record = {"path": "f.bin", "etag": etag, "size": 3}
+            key = keys.entry_key(RepoRef("model", repo_id), commit, "f.bin")
+            await storage.put_bytes(key, json.dumps(record).encode())
+        damaged = {"path": "g.bin", "etag": "not-hex" + "0" * 57, "size": 3}
+        await storage.put_bytes(keys.entry_key(RepoRef("model", "org"), commit, "g.bin"), json.dumps(damaged).encode())
+        found = [blob async for blob in repo_blobs(storage, RepoRef("model", "org"))]
+        assert found == [(keys.blob_key("a" * 64), 3)]
+        found = [blob async for blob in repo_blobs(storage, RepoRef("model", "org/entries"))]
+        assert found == [(keys.blob_key("b" * 64), 3)]
+
+    asyncio.run(scenario())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +19,12 @@ from typing import Any
 from mirror.cache import keys
 from mirror.errors import StorageError
 from mirror.policy.allowlist import AllowList
-from mirror.repo import API_TYPES, RepoRef
+from mirror.repo import API_TYPES, RepoRef, is_commit
 from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
+_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Records read at once: S3 answers each GET in milliseconds, and 100,000 of them one by one take minutes.
 READ_CONCURRENCY = 16
 
@@ -116,11 +118,28 @@ async def pinned_blobs(storage: Storage, allowlist: AllowList) -> dict[str, int]
     return pinned
 
 
+async def repo_blobs(storage: Storage, repo: RepoRef) -> AsyncIterator[tuple[str, int]]:
+    """(blob key, size) of each file entry of a repo, at every cached commit (all may be served)."""
+
+    async def names() -> AsyncIterator[str]:
+        async for key in storage.list(f"{keys.repo_prefix(repo)}entries/"):
+            # repos/models/org/entries/... also lists the records of a repo "org/entries": not ours.
+            parsed = keys.parse_repo_key(key)
+            if parsed is not None and parsed[0] == repo and parsed[2] and is_commit(parsed[2][0]):
+                yield key
+
+    async for _, record in read_records(storage, names()):
+        blob = _blob_of(record)
+        if blob is not None:
+            yield blob
+
+
 def _blob_of(record: dict[str, Any]) -> tuple[str, int] | None:
+    """(blob key, size) of a file entry record; None for "no such file" and damaged records."""
     etag, size = record.get("etag"), record.get("size")
     if record.get("missing") or not isinstance(etag, str) or not isinstance(size, int):
         return None
-    if len(etag) not in (40, 64):
+    if not _ETAG.fullmatch(etag):
         return None
     return keys.blob_key(etag), size
 

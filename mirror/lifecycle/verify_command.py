@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import re
 import socket
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 from tqdm import tqdm
@@ -26,16 +23,14 @@ from tqdm import tqdm
 from mirror.cache import keys
 from mirror.config import Config
 from mirror.errors import BadRequest, StorageError
+from mirror.lifecycle.inventory import repo_blobs
 from mirror.lifecycle.offline import add_storage_args, load_or_exit, opened_storage
 from mirror.lifecycle.scrub import Scrubber, ScrubReport
-from mirror.repo import URL_PREFIXES, RepoRef, is_commit, validate_repo_id
+from mirror.repo import URL_PREFIXES, RepoRef, validate_repo_id
 from mirror.storage import Storage
 
 # Blobs hashed at once: enough to keep a disk array or an object store busy, memory two chunks each.
 DEFAULT_JOBS = 4
-# Entry records read at once while collecting a repo's blobs (one small GET each on S3).
-RECORD_BATCH = 32
-_ETAG_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def add_parser(sub: Any) -> None:
@@ -98,11 +93,11 @@ async def _verify(config: Config, repos: list[RepoRef], *, dry_run: bool, jobs: 
     try:
         async with opened_storage(config) as storage:
             if repos:
-                etags = await _etags_of(storage, repos)
-                if etags is None:
+                blobs = await _blobs_of(storage, repos)
+                if blobs is None:
                     return 2
-                total: int | None = sum(etags.values())
-                blob_keys: Any = (keys.blob_key(etag) for etag in sorted(etags))
+                total: int | None = sum(blobs.values())
+                blob_keys: Any = sorted(blobs)
             else:
                 total = await _stored_bytes(storage)
                 blob_keys = storage.list(keys.BLOBS)
@@ -116,56 +111,19 @@ async def _verify(config: Config, repos: list[RepoRef], *, dry_run: bool, jobs: 
     return 0 if report.clean else 1
 
 
-async def _etags_of(storage: Storage, repos: list[RepoRef]) -> dict[str, int] | None:
-    """etag -> size of every blob the repos' cached file entries name; None (after a message) when a
-    repo has none. Entries of every cached commit count: all of them may be served."""
-    etags: dict[str, int] = {}
+async def _blobs_of(storage: Storage, repos: list[RepoRef]) -> dict[str, int] | None:
+    """blob key -> size of every blob the repos' cached file entries name; None (after a message)
+    when a repo has none. Entries of every cached commit count: all of them may be served."""
+    blobs: dict[str, int] = {}
     for repo in repos:
         found = 0
-        async for batch in _batches(_entry_keys(storage, repo), RECORD_BATCH):
-            for record in await asyncio.gather(*(storage.get_bytes(key) for key in batch)):
-                entry = _entry(record)
-                if entry is not None:
-                    etags[entry[0]] = entry[1]
-                    found += 1
+        async for blob_key, size in repo_blobs(storage, repo):
+            blobs[blob_key] = size
+            found += 1
         if not found:
             print(f"hub-mirror verify: no cached files of {repo.repo_type} {repo.repo_id}", file=sys.stderr)
             return None
-    return etags
-
-
-async def _entry_keys(storage: Storage, repo: RepoRef) -> AsyncIterator[str]:
-    prefix = keys.repo_prefix(repo)
-    async for key in storage.list(f"{prefix}entries/"):
-        # entries/<commit>/<2 hex>/<digest>.json: a repo "org" has no claim on repo "org/entries"'s records.
-        parts = key[len(prefix) :].split("/")
-        if len(parts) == 4 and is_commit(parts[1]):
-            yield key
-
-
-async def _batches(items: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
-    batch: list[str] = []
-    async for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _entry(data: bytes | None) -> tuple[str, int] | None:
-    """(etag, size) of a file entry record; None for "no such file" and damaged records."""
-    try:
-        record = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("missing"):
-        return None
-    etag, size = record.get("etag"), record.get("size")
-    if not isinstance(etag, str) or not _ETAG_RE.fullmatch(etag) or not isinstance(size, int):
-        return None
-    return etag, size
+    return blobs
 
 
 async def _stored_bytes(storage: Storage) -> int | None:
