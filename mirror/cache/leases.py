@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Seconds one lease read or write may take: they are small objects on the request path.
 OP_TIMEOUT = 5.0
+# Seconds a replica that claimed or took a lease over waits before reading it back (`settle`).
+SETTLE = 0.2
 T = TypeVar("T")
 
 
@@ -93,10 +95,19 @@ class Leases:
         """Hold the lease whoever held it (its holder is gone or cannot be reached)."""
         await _bounded(self.storage.put_bytes(key, self._record()), "write a lease")
 
+    async def settle(self, key: str) -> Lease | None:
+        """The lease as it stands once racing takeovers have landed (None if nobody holds it).
+
+        After a claim or a take, other replicas may be writing theirs at the same moment: wait a
+        little for their writes, then read. The one whose write landed last holds it; the others
+        see its owner here and follow it.
+        """
+        await asyncio.sleep(SETTLE)
+        return await self.read(key)
+
     async def confirm(self, key: str) -> bool:
-        """Whether we still hold the lease: after a takeover, two replicas may both have written
-        theirs; the one whose write landed last holds it."""
-        current = await self.read(key)
+        """Whether we hold the lease once racing takeovers have landed (see `settle`)."""
+        current = await self.settle(key)
         return current is not None and current.owner == self.owner
 
     async def renew(self, key: str) -> bool:

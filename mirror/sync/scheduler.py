@@ -25,7 +25,6 @@ from mirror.tasks import stop
 log = logging.getLogger(__name__)
 
 JITTER = 0.1
-SETTLE_SECONDS = 0.2
 
 
 class Scheduler:
@@ -75,7 +74,6 @@ class Scheduler:
         if await self.leases.claim(keys.SCHEDULER_LEASE) is not None:
             return False  # another replica's live lease
         # A takeover of an expired lease may race another replica's: the last write wins.
-        await asyncio.sleep(SETTLE_SECONDS)
         if not await self.leases.confirm(keys.SCHEDULER_LEASE):
             return False
         log.info("sync scheduler: %s now holds the lease", self.owner)

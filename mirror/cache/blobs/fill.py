@@ -48,9 +48,6 @@ BLOCK = 1024 * 1024
 # this many seconds (well under huggingface_hub's 10 s read timeout), rather than fetching upstream.
 FOLLOWER_WAIT = 4.0
 PIPELINE_CHUNKS = 4
-# Seconds a replica that took over a dead replica's fill lease waits before reading it back: the
-# others that found the holder dead write theirs meanwhile, and all but the last then follow it.
-TAKEOVER_SETTLE = 0.2
 
 
 class BlockMismatch(Exception):
@@ -468,8 +465,7 @@ class Filler:
     async def _settle_takeover(self, lease_key: str, unreachable: frozenset[str]) -> Lease | None:
         """After taking a lease over: the replica whose takeover won, if not this one."""
         assert self.leases is not None
-        await asyncio.sleep(TAKEOVER_SETTLE)  # let the writes of replicas racing for it land
-        current = await self.leases.read(lease_key)
+        current = await self.leases.settle(lease_key)
         if current is None or current.owner == self.leases.owner or current.url in unreachable:
             return None
         return current if current.expires > time.time() else None
