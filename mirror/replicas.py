@@ -21,7 +21,7 @@ import aiohttp
 
 from mirror.errors import UpstreamUnavailable
 from mirror.metrics import Metrics
-from mirror.repo import FileAt
+from mirror.repo import Fetchable, LfsObject
 from mirror.upstream import normalise_etag
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,15 @@ class Replicas:
         return aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
 
     async def open(
-        self, holder: str, entry: FileAt, token: str | None, start: int, end: int
+        self, holder: str, entry: Fetchable, token: str | None, start: int, end: int
     ) -> AsyncIterator[bytes] | None:
         """Bytes [start, end) from the replica at base URL `holder`, or None when it cannot serve
         them (then the caller fills here)."""
         repo = entry.repo
-        url = f"{holder}/{repo.url_prefix}{repo.repo_id}/resolve/{entry.commit}/{quote(entry.path)}"
+        if isinstance(entry, LfsObject):  # filled there for git-lfs: its object route serves it
+            url = f"{holder}/{repo.url_prefix}{repo.repo_id}.git/info/lfs/objects/{entry.oid}"
+        else:
+            url = f"{holder}/{repo.url_prefix}{repo.repo_id}/resolve/{entry.commit}/{quote(entry.path)}"
         headers = {PEER_HEADER: "1", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -60,7 +63,7 @@ class Replicas:
         try:
             resp = await self.session.get(url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("replica %s, filling %s, cannot be reached (%s): filling here", holder, entry.path, exc)
+            log.warning("replica %s, filling %s, cannot be reached (%s): filling here", holder, entry.label, exc)
             self._count("unreachable")
             return None
         etag = normalise_etag(resp.headers.get("X-Linked-Etag") or resp.headers.get("ETag"))
@@ -69,7 +72,7 @@ class Replicas:
                 "replica %s answered %d for %s (etag %s, %s bytes): filling here",
                 holder,
                 resp.status,
-                entry.path,
+                entry.label,
                 etag,
                 resp.content_length,
             )

@@ -61,6 +61,37 @@ class FileAt(Protocol):
     def etag(self) -> str: ...
     @property
     def size(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+
+
+OID_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class LfsObject:
+    """An LFS object of a repo, named as git-lfs names it: by its sha256 and size, with no path.
+
+    git-lfs asks for objects of any commit (an old checkout, `git lfs fetch --all`), so the
+    upstream is asked for one by the batch API rather than by resolve. Its sha256 is its ETag, and
+    the blob it is stored as is the one the resolve of any file with that content reads.
+    """
+
+    repo: RepoRef
+    oid: str
+    size: int
+
+    @property
+    def etag(self) -> str:
+        return self.oid
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo.repo_id} LFS object {self.oid}"
+
+
+# What the transport can fetch: a file at a commit (by resolve) or an LFS object (by the batch API).
+Fetchable = FileAt | LfsObject
 
 
 def validate_repo_id(repo_id: str) -> str:

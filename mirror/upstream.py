@@ -44,11 +44,15 @@ from mirror.errors import (
     UpstreamUnavailable,
 )
 from mirror.metrics import LogLimit, Metrics, observe_upstream
-from mirror.repo import FileAt, RepoRef
+from mirror.repo import Fetchable, LfsObject, RepoRef
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
+LFS_BATCH_PATH = "info/lfs/objects/batch"
+LFS_TYPE = "application/vnd.git-lfs+json"
+# An answer for git-lfs's 100 objects is ~60 KiB (signed hrefs); this bounds what one may hold.
+MAX_LFS_ANSWER = 4 * 1024 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 _ERROR_CLASSES: dict[str, type[HubError]] = {
     "RepoNotFound": RepoNotFound,
@@ -211,7 +215,8 @@ async def error_from_response(resp: aiohttp.ClientResponse, body: bytes | None =
         try:
             parsed = json.loads(body)
             if isinstance(parsed, dict):
-                message = parsed.get("error") or parsed.get("error_description")
+                # The Hub's API errors say "error"; its git-lfs answers say "message".
+                message = parsed.get("error") or parsed.get("error_description") or parsed.get("message")
         except ValueError:
             message = None
     if resp.status >= 500:
@@ -325,7 +330,9 @@ class Upstream:
         carries the Hub's metadata headers.
         """
         for _ in range(MAX_REDIRECTS + 1):
-            kind = "api" if "/api/" in urlsplit(url).path else ("head" if method == "HEAD" else "body")
+            upath = urlsplit(url).path
+            metadata = "/api/" in upath or upath.endswith(LFS_BATCH_PATH)
+            kind = "api" if metadata else ("head" if method == "HEAD" else "body")
             trial = self.breaker.state != "closed"
             if not self.breaker.allow():
                 raise UpstreamUnavailable("upstream unavailable (failing at once after repeated failures)")
@@ -472,13 +479,14 @@ class Upstream:
             raise UpstreamError(f"upstream size {size_header!r} is not a number", status=502) from None
         return FileMeta(etag=etag, size=size)
 
-    async def body(self, file: FileAt, token: str | None, start: int, *, chunk_size: int) -> AsyncIterator[bytes]:
+    async def body(self, file: Fetchable, token: str | None, start: int, *, chunk_size: int) -> AsyncIterator[bytes]:
         """The file's bytes from `start` to its end, in chunks of about `chunk_size`.
 
         A transfer that breaks (dropped connection, read timeout, body ended early, an expired
         signed URL, a 5xx) is resumed with Range from the next byte; `resume_attempts` failures in
         a row without a byte in between end it with UpstreamUnavailable. More bytes than the file's
         size are an IntegrityError. Refusals (401/403/404 from the Hub itself) end it at once.
+        An LFS object's location comes from the batch API, asked again for each attempt.
         """
         pos = start
         failures = 0
@@ -487,7 +495,7 @@ class Upstream:
                 async with contextlib.aclosing(self._body_from(file, token, pos, chunk_size)) as chunks:
                     async for chunk in chunks:
                         if pos + len(chunk) > file.size:
-                            raise IntegrityError(f"upstream sent more than the {file.size} bytes of {file.path}")
+                            raise IntegrityError(f"upstream sent more than the {file.size} bytes of {file.label}")
                         pos += len(chunk)
                         failures = 0
                         yield chunk
@@ -497,14 +505,79 @@ class Upstream:
                 failures += 1
                 if failures > self.config.resume_attempts:
                     raise UpstreamUnavailable(
-                        f"upstream transfer of {file.path} failed {failures} times in a row: {exc}"
+                        f"upstream transfer of {file.label} failed {failures} times in a row: {exc}"
                     ) from exc
                 if self.metrics is not None:
                     self.metrics.fill_resumes.inc()
-                log.warning("upstream transfer of %s broke at byte %d (%s); resuming", file.path, pos, exc)
+                log.warning("upstream transfer of %s broke at byte %d (%s); resuming", file.label, pos, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
-    async def _body_from(self, file: FileAt, token: str | None, pos: int, chunk_size: int) -> AsyncIterator[bytes]:
+    def lfs_batch_url(self, repo: RepoRef) -> str:
+        return self.url(f"/{repo.url_prefix}{repo.repo_id}.git/{LFS_BATCH_PATH}")
+
+    async def lfs_batch(
+        self, repo: RepoRef, objects: Sequence[tuple[str, int]], token: str | None
+    ) -> dict[str, LfsAction | LfsRefusal]:
+        """Ask the upstream's LFS batch API where to download these (oid, size) objects from.
+
+        Each oid gets its download action, or the upstream's refusal of that object (404: not in
+        this repo). A refusal of the whole batch (401/403/404 for the repo) raises its HubError.
+        Hrefs are signed and short-lived: used for one transfer, never stored.
+        """
+        request = {
+            "operation": "download",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": size} for oid, size in objects],
+            "hash_algo": "sha256",
+        }
+        headers = {"Accept": LFS_TYPE, "Content-Type": LFS_TYPE}
+        url = self.lfs_batch_url(repo)
+        resp = await self.request("POST", url, token, headers=headers, data=json.dumps(request).encode())
+        async with resp:
+            try:
+                body = await resp.content.read(MAX_LFS_ANSWER + 1)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                self.record_outcome(False)
+                raise UpstreamUnavailable(f"upstream LFS batch answer broke off ({unreachable_reason(exc)})") from exc
+            if resp.status >= 400 or resp.status in (301, 302, 303, 307, 308):
+                raise await error_from_response(resp, body)
+        try:
+            answer = json.loads(body) if len(body) <= MAX_LFS_ANSWER else None
+        except ValueError:
+            answer = None
+        listed = answer.get("objects") if isinstance(answer, dict) else None
+        if not isinstance(listed, list):
+            raise UpstreamError("upstream sent an LFS batch answer without its objects", status=502)
+        wanted = dict(objects)
+        found: dict[str, LfsAction | LfsRefusal] = {}
+        for item in listed:
+            parsed = _lfs_answer(item, wanted)
+            if parsed is not None:
+                found[parsed[0]] = parsed[1]
+        for oid in wanted:
+            found.setdefault(oid, LfsRefusal(404, "the upstream's LFS batch answer does not name this object"))
+        return found
+
+    async def _open_lfs(self, file: LfsObject, token: str | None, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET an LFS object from the href the upstream's batch API gives it now.
+
+        The action's own headers go to the href's origin only: a redirect from there is followed
+        with the Range alone (and the token only back on the upstream's origin).
+        """
+        answer = (await self.lfs_batch(file.repo, [(file.oid, file.size)], token))[file.oid]
+        if isinstance(answer, LfsRefusal):
+            if answer.code in (404, 410, 422):
+                raise EntryNotFound(f"{file.label}: the upstream answered {answer.code} {answer.message}")
+            raise RetryableBodyError(f"upstream LFS batch answered {answer.code} for it: {answer.message}")
+        resp = await self.request("GET", answer.href, token, headers={**answer.headers, **headers}, follow=False)
+        location = resp.headers.get("Location")
+        if resp.status not in (301, 302, 303, 307, 308) or not location:
+            return resp
+        resp.release()
+        target = urljoin(str(resp.url), location)
+        return await self.request("GET", target, token, headers=headers or None, follow_off_origin=True)
+
+    async def _body_from(self, file: Fetchable, token: str | None, pos: int, chunk_size: int) -> AsyncIterator[bytes]:
         """The file's bytes from `pos`, from one upstream response."""
         resp = await self._open_body(file, token, pos)
         async with resp:
@@ -518,7 +591,7 @@ class Upstream:
                 if chunk:
                     yield chunk
 
-    async def _open_body(self, file: FileAt, token: str | None, offset: int) -> aiohttp.ClientResponse:
+    async def _open_body(self, file: Fetchable, token: str | None, offset: int) -> aiohttp.ClientResponse:
         """GET a file's bytes from `offset`, re-resolving the (signed) location every time.
 
         Returns a response with status 200 (the whole body: the caller skips `offset` bytes) or 206
@@ -526,10 +599,13 @@ class Upstream:
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
         try:
-            resp = await self.request(
-                "GET", self.resolve_url(file.repo, file.commit, file.path), token, headers=headers,
-                follow_off_origin=True,
-            )  # fmt: skip
+            if isinstance(file, LfsObject):
+                resp = await self._open_lfs(file, token, headers or {})
+            else:
+                resp = await self.request(
+                    "GET", self.resolve_url(file.repo, file.commit, file.path), token, headers=headers,
+                    follow_off_origin=True,
+                )  # fmt: skip
         except UpstreamUnavailable as exc:
             raise RetryableBodyError(str(exc)) from exc
         if resp.status == 200 or (resp.status == 206 and _range_start(resp) == offset):
@@ -561,6 +637,43 @@ class Passed:
     status: int
     body: bytes
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LfsAction:
+    """Where the upstream's LFS batch API says an object downloads from (signed: use once)."""
+
+    href: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LfsRefusal:
+    """The upstream's per-object error in an LFS batch answer (404: no such object in the repo)."""
+
+    code: int
+    message: str
+
+
+def _lfs_answer(item: Any, wanted: Mapping[str, int]) -> tuple[str, LfsAction | LfsRefusal] | None:
+    """(oid, action or refusal) of one object of an upstream batch answer; None if it names none we asked for."""
+    if not isinstance(item, dict) or item.get("oid") not in wanted:
+        return None
+    oid = str(item["oid"])
+    error = item.get("error")
+    if isinstance(error, dict):
+        code = error.get("code")
+        return oid, LfsRefusal(code if isinstance(code, int) else 404, str(error.get("message") or "refused"))
+    if item.get("size") != wanted[oid]:
+        return oid, LfsRefusal(422, f"the upstream says its size is {item.get('size')!r}")
+    actions = item.get("actions")
+    download = actions.get("download") if isinstance(actions, dict) else None
+    href = download.get("href") if isinstance(download, dict) else None
+    if not isinstance(href, str) or urlsplit(href).scheme not in ("http", "https"):
+        return oid, LfsRefusal(404, "the upstream offers no download of it")
+    header = download.get("header")
+    headers = {str(k): str(v) for k, v in header.items()} if isinstance(header, dict) else {}
+    return oid, LfsAction(href, headers)
 
 
 PASSED_HEADERS = ("Content-Type", "X-Error-Code", "X-Error-Message")

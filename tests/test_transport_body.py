@@ -31,6 +31,10 @@ class File:
     etag: str
     size: int
 
+    @property
+    def label(self) -> str:
+        return self.path
+
 
 @pytest.fixture
 async def upstream(hub: HubEmulator) -> AsyncIterator[Upstream]:

@@ -99,6 +99,15 @@ def entry_key(repo: RepoRef, commit: str, path: str) -> str:
     return f"repos/{repo.storage_prefix}/entries/{commit}/{digest[:2]}/{digest}.json"
 
 
+def lfs_key(repo: RepoRef, oid: str) -> str:
+    """That an LFS object belongs to a repo (the upstream's batch API said so), and its size.
+
+    git-lfs names objects by sha256 alone: this is what lets the mirror serve one it holds without
+    asking upstream again, and what keeps its blob from gc like a file entry does.
+    """
+    return f"repos/{repo.storage_prefix}/lfs/{oid[:2]}/{oid}.json"
+
+
 def ref_key(repo: RepoRef, revision: str) -> str:
     """Last known commit of a branch or tag ("" = the default branch)."""
     return f"repos/{repo.storage_prefix}/refs/{_digest(revision)}.json"
@@ -136,7 +145,7 @@ def visibility_key(repo: RepoRef) -> str:
 
 
 # The kinds of record stored under a repo's prefix (repos/<type>s/<repo id>/<kind>...).
-REPO_RECORD_KINDS = ("refs", "entries", "api", "latest", "pins", "visibility.json")
+REPO_RECORD_KINDS = ("refs", "entries", "lfs", "api", "latest", "pins", "visibility.json")
 
 
 def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
@@ -152,10 +161,13 @@ def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
 
 
 def is_immutable(key: str) -> bool:
-    """Records fixed once written: answers and file entries at a commit."""
+    """Records fixed once written: answers and file entries at a commit, and LFS objects."""
     parts = key.split("/")
     if parts[0] != "repos":
         return False
+    parsed = parse_repo_key(key)
+    if parsed is not None and parsed[1] == "lfs":
+        return True
     # repos/<type>/<repo id: 1 or 2 parts>/(api|entries)/<commit>/...
     return any(
         parts[i] in ("api", "entries") and len(parts) > i + 1 and is_commit(parts[i + 1])

@@ -1,9 +1,10 @@
 """What the cache holds and what refers to what: read from storage by streaming its listings.
 
-File entries (repos/<type>s/<id>/entries/<commit>/...) name the blob each file at a commit is;
-pins name the commit a sync fixed a branch at. Everything here walks listings one object at a time
-and reads records with a bounded number in flight, so memory grows with what is kept (a set of
-blob keys), never with a listing.
+File entries (repos/<type>s/<id>/entries/<commit>/...) name the blob each file at a commit is, LFS
+object records (repos/<type>s/<id>/lfs/...) the blobs git-lfs asked for by hash; pins name the
+commit a sync fixed a branch at. Everything here walks listings one object at a time and reads
+records with a bounded number in flight, so memory grows with what is kept (a set of blob keys),
+never with a listing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from mirror.storage import Storage
 log = logging.getLogger(__name__)
 
 _ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# The kinds of repo record that name a blob: file entries at a commit, and LFS objects by hash.
+BLOB_KINDS = ("entries", "lfs")
 # Records read at once: S3 answers each GET in milliseconds, and 100,000 of them one by one take minutes.
 READ_CONCURRENCY = 16
 
@@ -64,10 +67,10 @@ async def read_records(
             task.cancel()
 
 
-async def _keys_of_kind(storage: Storage, prefix: str, kind: str) -> AsyncIterator[str]:
+async def _keys_of_kind(storage: Storage, prefix: str, *kinds: str) -> AsyncIterator[str]:
     async for key in storage.list(prefix):
         parsed = keys.parse_repo_key(key)
-        if parsed is not None and parsed[1] == kind:
+        if parsed is not None and parsed[1] in kinds:
             yield key
 
 
@@ -119,19 +122,28 @@ async def pinned_blobs(storage: Storage, allowlist: AllowList) -> dict[str, int]
 
 
 async def repo_blobs(storage: Storage, repo: RepoRef) -> AsyncIterator[tuple[str, int]]:
-    """(blob key, size) of each file entry of a repo, at every cached commit (all may be served)."""
+    """(blob key, size) of each file entry of a repo, at every cached commit, and of each LFS object
+    git-lfs asked for (all may be served)."""
 
     async def names() -> AsyncIterator[str]:
-        async for key in storage.list(f"{keys.repo_prefix(repo)}entries/"):
-            # repos/models/org/entries/... also lists the records of a repo "org/entries": not ours.
-            parsed = keys.parse_repo_key(key)
-            if parsed is not None and parsed[0] == repo and parsed[2] and is_commit(parsed[2][0]):
-                yield key
+        for kind in BLOB_KINDS:
+            async for key in storage.list(f"{keys.repo_prefix(repo)}{kind}/"):
+                # repos/models/org/entries/... also lists the records of a repo "org/entries": not ours.
+                parsed = keys.parse_repo_key(key)
+                if parsed is not None and parsed[0] == repo and parsed[1] == kind and _names_blob(kind, parsed[2]):
+                    yield key
 
     async for _, record in read_records(storage, names()):
         blob = _blob_of(record)
         if blob is not None:
             yield blob
+
+
+def _names_blob(kind: str, rest: list[str]) -> bool:
+    """Whether a record of this kind, at these parts after the kind, names a blob."""
+    if kind == "entries":
+        return bool(rest) and is_commit(rest[0])
+    return kind == "lfs" and len(rest) == 2
 
 
 def _blob_of(record: dict[str, Any]) -> tuple[str, int] | None:
@@ -166,7 +178,7 @@ async def repo_files(storage: Storage, repo_type: str | None = None) -> dict[Rep
                 continue
             repo, kind, _ = parsed
             repos.setdefault(repo, RepoFiles(repo))
-            if kind in ("entries", "refs", "pins"):
+            if kind in ("entries", "lfs", "refs", "pins"):
                 yield key
 
     async for key, record in read_records(storage, wanted()):
@@ -182,6 +194,10 @@ async def repo_files(storage: Storage, repo_type: str | None = None) -> dict[Rep
                 counts = files.commits.setdefault(rest[0], [0, 0])
                 counts[0] += 1
                 counts[1] += blob[1]
+        elif kind == "lfs":
+            blob = _blob_of(record)
+            if blob is not None:
+                files.blobs[blob[0]] = blob[1]  # of no commit: git-lfs asked for it by its hash
         elif record.get("revision") is not None and isinstance(record.get("commit"), str):
             # Pins are read after refs or before them, in key order: a pin wins (it is what clients get).
             revision = str(record["revision"]) or "(default)"
@@ -191,10 +207,10 @@ async def repo_files(storage: Storage, repo_type: str | None = None) -> dict[Rep
 
 
 async def referenced_blobs(storage: Storage) -> set[str]:
-    """Every blob some file entry of some repo names (gc keeps exactly these)."""
+    """Every blob some file entry or LFS object record of some repo names (gc keeps exactly these)."""
     referenced: set[str] = set()
     for api_type in API_TYPES:
-        async for _, record in read_records(storage, _keys_of_kind(storage, f"{keys.REPOS}{api_type}/", "entries")):
+        async for _, record in read_records(storage, _keys_of_kind(storage, f"{keys.REPOS}{api_type}/", *BLOB_KINDS)):
             blob = _blob_of(record)
             if blob is not None:
                 referenced.add(blob[0])

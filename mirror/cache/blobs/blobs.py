@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirror.cache import keys
 from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.fill import Fill, Filler
-from mirror.cache.metadata.entries import FileEntry
 from mirror.replicas import Replicas
+from mirror.repo import Fetchable
 from mirror.storage import Storage
 
 
@@ -39,21 +40,21 @@ class Blobs:
         self.filler = filler
         self.replicas = replicas
 
-    async def is_cached(self, entry: FileEntry) -> bool:
+    async def is_cached(self, entry: Fetchable) -> bool:
         """Servable without upstream: published, or complete in a fill being published."""
-        return self.filler.finished(entry.blob_key) is not None or await self.is_stored(entry)
+        return self.filler.finished(keys.blob_key(entry.etag)) is not None or await self.is_stored(entry)
 
-    async def resume_unsafe(self, entry: FileEntry) -> bool:
+    async def resume_unsafe(self, entry: Fetchable) -> bool:
         """Whether Range requests for this blob must get the whole file (see cache/blobs/poison.py)."""
         return self.filler.poison is not None and await self.filler.poison.resume_unsafe(entry.etag)
 
-    async def is_stored(self, entry: FileEntry) -> bool:
+    async def is_stored(self, entry: Fetchable) -> bool:
         """Published in storage: durable, whatever happens to a fill still publishing it."""
-        return await self.storage.stat(entry.blob_key) is not None
+        return await self.storage.stat(keys.blob_key(entry.etag)) is not None
 
     async def open(
         self,
-        entry: FileEntry,
+        entry: Fetchable,
         token: str | None,
         start: int,
         end: int,
@@ -70,7 +71,7 @@ class Blobs:
         """
         if self.access is None:
             return await self._open(entry, token, start, end, disposition, may_proxy)
-        release = await self.access.begin_read(entry.blob_key)
+        release = await self.access.begin_read(keys.blob_key(entry.etag))
         try:
             body = await self._open(entry, token, start, end, disposition, may_proxy)
         except BaseException:
@@ -80,9 +81,9 @@ class Blobs:
         return body
 
     async def _open(
-        self, entry: FileEntry, token: str | None, start: int, end: int, disposition: str | None, may_proxy: bool
+        self, entry: Fetchable, token: str | None, start: int, end: int, disposition: str | None, may_proxy: bool
     ) -> BlobBody:
-        key = entry.blob_key
+        key = keys.blob_key(entry.etag)
         may_proxy = may_proxy and self.replicas is not None
         unreachable: frozenset[str] = frozenset()
         while True:

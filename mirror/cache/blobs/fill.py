@@ -24,10 +24,10 @@ from mirror.cache import keys
 from mirror.cache.blobs.hashing import blob_hasher
 from mirror.cache.blobs.poison import PoisonLedger
 from mirror.cache.leases import Lease, Leases, LeaseUnavailable
-from mirror.cache.metadata.entries import FileEntry
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
+from mirror.repo import Fetchable
 from mirror.storage import BlobWriter, Storage
 from mirror.storage.base import StorageUnavailable, WindowPassed
 from mirror.tasks import stop, within
@@ -80,7 +80,7 @@ async def _hand_over(queue: asyncio.Queue[bytes | None], item: bytes | None, sto
 class Fill:
     def __init__(
         self,
-        entry: FileEntry,
+        entry: Fetchable,
         token: str | None,
         storage: Storage,
         upstream: Upstream,
@@ -92,6 +92,7 @@ class Fill:
         poison: PoisonLedger | None = None,
     ) -> None:
         self.entry = entry
+        self.blob_key = keys.blob_key(entry.etag)
         self.poison = poison
         # End offset of the furthest byte this fill handed to a client before it was verified.
         self.handed_out = 0
@@ -133,11 +134,11 @@ class Fill:
 
     async def run(self) -> None:
         try:
-            if await self.storage.stat(self.entry.blob_key) is not None:
+            if await self.storage.stat(self.blob_key) is not None:
                 # Another fill published it between the caller's lookup and now.
                 self.written = self.entry.size
             else:
-                self.writer = await self._bounded(self.storage.open_writer(self.entry.blob_key), "open a writer")
+                self.writer = await self._bounded(self.storage.open_writer(self.blob_key), "open a writer")
                 if self.writer.window_start is not None:
                     self._blocks = []
                 await self._download(self.writer)
@@ -155,7 +156,7 @@ class Fill:
                 # Before the followers hear of it (finally: _notify), so no resume can slip in.
                 self.poison.mark(self.entry.etag, self.handed_out, exc.message)
         except Exception as exc:  # storage or programming errors must still end the followers
-            log.exception("fill of %s failed", self.entry.blob_key)
+            log.exception("fill of %s failed", self.blob_key)
             self.error = StorageError(f"fill failed: {type(exc).__name__}")
         finally:
             if not self.verified and self.writer is not None:
@@ -164,7 +165,7 @@ class Fill:
                 try:
                     await self._bounded(self.writer.abort(), "discard the staging object")
                 except (StorageError, OSError) as exc:
-                    log.warning("could not discard the staging object of %s: %s", self.entry.blob_key, exc)
+                    log.warning("could not discard the staging object of %s: %s", self.blob_key, exc)
             self._notify()
 
     async def _bounded(self, operation: Awaitable[T], what: str, timeout: float | None = None) -> T:
@@ -173,7 +174,7 @@ class Fill:
         try:
             return await within(operation, limit)
         except asyncio.TimeoutError:
-            raise StorageUnavailable(f"storage did not {what} for {self.entry.blob_key} within {limit:.0f} s") from None
+            raise StorageUnavailable(f"storage did not {what} for {self.blob_key} within {limit:.0f} s") from None
 
     async def _download(self, writer: BlobWriter) -> None:
         """Receive from upstream while a second task hashes and writes, through a small queue.
@@ -194,10 +195,7 @@ class Fill:
                 await stop(store)
         digest = hasher.hexdigest()
         if digest != entry.etag:
-            raise IntegrityError(
-                f"upstream bytes of {entry.repo.repo_id}/{entry.path} hash to {digest}, expected {entry.etag};"
-                " discarded"
-            )
+            raise IntegrityError(f"upstream bytes of {entry.label} hash to {digest}, expected {entry.etag}; discarded")
 
     async def _store(self, queue: asyncio.Queue[bytes | None], hasher: Any, writer: BlobWriter) -> None:
         while (chunk := await queue.get()) is not None:
@@ -278,7 +276,7 @@ class Fill:
         pos = start
         while pos < end:
             if self.verified:
-                async for chunk in self.storage.read_range(self.entry.blob_key, pos, end):
+                async for chunk in self.storage.read_range(self.blob_key, pos, end):
                     yield chunk
                 return
             if self.error is not None:
@@ -384,7 +382,7 @@ class Fill:
             except BlockMismatch as exc:
                 mismatches += 1
                 if mismatches > self.resume_attempts:
-                    raise UpstreamUnavailable(f"upstream bytes of {entry.path} keep differing: {exc}") from exc
+                    raise UpstreamUnavailable(f"upstream bytes of {entry.label} keep differing: {exc}") from exc
 
     async def _check_block(self, start: int, block: bytes) -> None:
         """Raise unless `block` (the bytes at `start`) equals the fill's bytes there."""
@@ -398,7 +396,7 @@ class Fill:
             await self._changed.wait()
         if await asyncio.to_thread(lambda: hashlib.sha256(block).digest()) != blocks[index]:
             log.warning("upstream bytes %d-%d of %s differ from the fill's; fetching them again", start,
-                        start + len(block), self.entry.path)  # fmt: skip
+                        start + len(block), self.entry.label)  # fmt: skip
             raise BlockMismatch(f"bytes at {start} differ from the verified fill's")
 
 
@@ -428,7 +426,7 @@ class Filler:
         self.started = 0
 
     async def start(
-        self, entry: FileEntry, token: str | None, *, may_proxy: bool = True, unreachable: frozenset[str] = frozenset()
+        self, entry: Fetchable, token: str | None, *, may_proxy: bool = True, unreachable: frozenset[str] = frozenset()
     ) -> Fill | Lease:
         """The fill of this blob, joined or started here, or the live lease of another replica.
 
@@ -439,7 +437,7 @@ class Filler:
         holder unreachable take it over at about the same time: the last write wins, and the others
         stream from the winner rather than fetch the blob from upstream again.
         """
-        key = entry.blob_key
+        key = keys.blob_key(entry.etag)
         lease_key = keys.fill_lease_key(key)
         if self.leases is None or key in self._fills:
             return self.join(entry, token)
@@ -470,9 +468,9 @@ class Filler:
             return None
         return current if current.expires > time.time() else None
 
-    def join(self, entry: FileEntry, token: str | None, throttle: Throttle | None = None) -> Fill:
+    def join(self, entry: Fetchable, token: str | None, throttle: Throttle | None = None) -> Fill:
         """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
-        fill = self._fills.get(entry.blob_key)
+        fill = self._fills.get(keys.blob_key(entry.etag))
         if fill is not None:
             stats = current_stats()
             if stats is not None:
@@ -490,16 +488,16 @@ class Filler:
             self.cache.storage_timeout,
             self.poison,
         )
-        self._fills[entry.blob_key] = fill
+        self._fills[fill.blob_key] = fill
         self.started += 1
-        task = asyncio.create_task(self._run(fill), name=f"fill:{entry.blob_key}")
+        task = asyncio.create_task(self._run(fill), name=f"fill:{fill.blob_key}")
         self._tasks[task] = fill
         task.add_done_callback(self._forget_task)
         return fill
 
     async def _run(self, fill: Fill) -> None:
         started = time.monotonic()
-        key = fill.entry.blob_key
+        key = fill.blob_key
         renewal = asyncio.create_task(self._renew(key)) if self.leases is not None else None
         try:
             await fill.run()

@@ -37,6 +37,10 @@ class FileEntry:
     def blob_key(self) -> str:
         return keys.blob_key(self.etag)
 
+    @property
+    def label(self) -> str:
+        return f"{self.repo.repo_id}/{self.path}"
+
 
 def missing_entry(path: str, commit: str) -> EntryNotFound:
     return EntryNotFound(f"Entry not found: {path} does not exist at commit {commit}", commit=commit)
