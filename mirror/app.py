@@ -20,6 +20,7 @@ from mirror.cache.blobs.fill import Filler
 from mirror.cache.blobs.poison import PoisonLedger
 from mirror.cache.leases import Leases
 from mirror.cache.metadata.entries import Entries
+from mirror.cache.metadata.lfs import LfsObjects
 from mirror.cache.metadata.listings import Metadata
 from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.purge import Purge
@@ -34,6 +35,7 @@ from mirror.hub.appkeys import (
     DRAIN,
     ENTRIES,
     FILLER,
+    LFS,
     LISTINGS,
     MAINTENANCE,
     METRICS,
@@ -55,6 +57,7 @@ from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
 from mirror.lifecycle.evict import Evictor
 from mirror.lifecycle.gc import GarbageCollector
+from mirror.lifecycle.inventory import repo_blobs
 from mirror.lifecycle.maintenance import Maintenance
 from mirror.lifecycle.scrub import Scrubber
 from mirror.metrics import Metrics
@@ -90,6 +93,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         upstream, records, cache.revision_ttl, stale_wait=cache.stale_wait, pins=pins, observers=[access.observe]
     )
     entries = Entries(upstream, records)
+    lfs = LfsObjects(upstream, records, scan=lambda repo: repo_blobs(storage, repo))
     listings = Metadata(upstream, records, revisions, cache.refs_ttl, stale_wait=cache.stale_wait)
     # Replicas that advertise themselves share fills through leases in storage (one upstream fetch).
     leases = replicas = replica_session = None
@@ -104,7 +108,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     policy = Policy(allowlist, access)
     responses = ResponseCache()
     purge = Purge(storage, records)
-    for cache_of_repos in (responses, entries, revisions, listings, policy, pins):
+    for cache_of_repos in (responses, entries, lfs, revisions, listings, policy, pins):
         purge.register(cache_of_repos.forget)
     sync = SyncManager(
         config.sync,
@@ -143,7 +147,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     )
     app[STORAGE], app[UPSTREAM], app[RECORDS] = storage, upstream, records
     app[POLICY], app[ALLOWLIST] = policy, allowlist
-    app[REVISIONS], app[ENTRIES], app[LISTINGS] = revisions, entries, listings
+    app[REVISIONS], app[ENTRIES], app[LISTINGS], app[LFS] = revisions, entries, listings, lfs
     app[BLOBS], app[FILLER], app[RESPONSES], app[PURGE] = blobs, filler, responses, purge
     app[SYNC], app[SCHEDULER] = sync, scheduler
     app[ACCESS], app[MAINTENANCE] = reads, maintenance
@@ -182,7 +186,13 @@ def create_app(config: Config, storage: Storage | None = None) -> web.Applicatio
     """The mirror's app; `storage` replaces the configured backend (tests wrap one to inject faults)."""
     drain = Drain(config.server.shutdown_grace)
     # observe is outermost so it sees the status hub_errors produced.
-    app = web.Application(middlewares=[drain.track, observe, hub_errors], client_max_size=16 * 1024 * 1024)
+    # Bodies as they came on the wire: git's gzipped requests go upstream as sent; hub/bodies.py
+    # decodes (with a bound) the ones the mirror reads itself.
+    app = web.Application(
+        middlewares=[drain.track, observe, hub_errors],
+        client_max_size=16 * 1024 * 1024,
+        handler_args={"auto_decompress": False},
+    )
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[DRAIN] = drain

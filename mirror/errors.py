@@ -60,6 +60,20 @@ class UnsupportedMediaType(HubError):
     status = 415
 
 
+class ReadOnly(HubError):
+    """A push, or an LFS upload: the mirror only reads."""
+
+    status = 403
+    code = "ReadOnlyMirror"
+
+
+class Unprocessable(HubError):
+    """A well-formed request that asks for what cannot be done (git-lfs's 422)."""
+
+    status = 422
+    code = "Unprocessable"
+
+
 class RangeNotSatisfiable(HubError):
     status = 416
 

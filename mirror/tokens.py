@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -36,6 +38,34 @@ def bearer_token(authorization: str | None) -> str | None:
             headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
         )
     return value
+
+
+# The challenge that makes git (and git-lfs) ask its credential helper and try again.
+BASIC_REALM = 'Basic realm="Hugging Face Hub mirror", charset="UTF-8"'
+
+
+def git_token(authorization: str | None) -> str | None:
+    """The caller's token: Bearer as the HF client sends it, or the password of git's HTTP Basic.
+
+    Basic's user name is ignored (the Hub takes any); no password is anonymous. The token passes the
+    same checks as a bearer token before it is hashed for a cache key or sent upstream.
+    """
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return bearer_token(authorization)
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        decoded = ""
+    _, colon, password = decoded.partition(":")
+    if not colon:
+        raise BadRequest(
+            "malformed Authorization header: Basic credentials are base64 of user:token",
+            headers={"WWW-Authenticate": BASIC_REALM},
+        )
+    return bearer_token(f"Bearer {password}") if password else None
 
 
 def same_token(presented: str, expected: str) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
 import socket
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -247,3 +249,28 @@ def test_body_that_does_not_decompress_is_400(hub: HubEmulator, mirror: MirrorTh
     request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: gzip"], b"not gzip")
     status, headers, _ = raw_exchange(mirror.url, request)
     assert status == 400 and "could not be read" in headers["X-Error-Message"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"), [(b"gzip", gzip.compress), (b"x-gzip", gzip.compress), (b"deflate", zlib.compress)]
+)
+def test_compressed_bodies_are_read_decoded(hub: HubEmulator, mirror: MirrorThread, encoding: bytes, compress) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    body = compress(b"paths=a.txt&expand=false")
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: " + encoding], body)
+    status, _, answer = raw_exchange(mirror.url, request)
+    assert status == 200 and [entry["path"] for entry in json.loads(answer)] == ["a.txt"]
+
+
+def test_compressed_bodies_cannot_expand_past_the_limit(hub: HubEmulator, mirror: MirrorThread) -> None:
+    hub.add_repo("model", "org/m", {"a.txt": b"a"})
+    bomb = gzip.compress(b"paths=" + b"a" * (64 * 1024 * 1024))  # 64 MiB in about 64 KiB
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: gzip"], bomb)
+    status, headers, _ = raw_exchange(mirror.url, request)
+    assert status == 413 and "larger than" in headers["X-Error-Message"]
+    truncated = gzip.compress(b"paths=a.txt")[:-6]
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: gzip"], truncated)
+    assert raw_exchange(mirror.url, request)[0] == 400
+    request = http_bytes("POST", "/api/models/org/m/paths-info/main", [FORM, b"Content-Encoding: br"], b"x")
+    status, headers, _ = raw_exchange(mirror.url, request)
+    assert status == 415 and "Content-Encoding" in headers["X-Error-Message"]

@@ -11,6 +11,7 @@ module runs in well under a minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ ADMIN = "fuzz-admin-token-31337"
 # Not in the shape of a real hf_ token, so the log filter's hf_ pattern cannot hide a leak.
 USER = "hf_fuzz_user_token_271828"
 SECRETS = (ADMIN, USER)
+W_BIN = os.urandom(20_000)
+W_OID = hashlib.sha256(W_BIN).hexdigest()
 
 FUZZ = settings(
     max_examples=150,
@@ -85,7 +88,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     level = root.level
     capture = Capture()
     with HubEmulator() as hub:
-        hub.add_repo("model", "org/m", {"config.json": b"{}", "sub/a.txt": b"a", "w.bin": os.urandom(20_000)})
+        hub.add_repo("model", "org/m", {"config.json": b"{}", "sub/a.txt": b"a", "w.bin": W_BIN})
         hub.add_repo("dataset", "org/d", {"data.csv": b"a,b\n"})
         mirror = start_mirror(
             hub.url, tmp_path_factory.mktemp("fuzz") / "cache", admin={"token": ADMIN}, sync={"enabled": False}
@@ -216,6 +219,8 @@ content_type = st.one_of(
             "text/plain",
             "application/json; charset=latin-1",
             "application/x-www-form-urlencoded; charset=bogus",
+            "application/vnd.git-lfs+json",
+            "application/vnd.git-lfs+json; charset=utf-8",
         ]
     ),
     st.text(alphabet=URL_SAFE + "/ ", max_size=30),
@@ -264,6 +269,27 @@ admin_body = st.fixed_dictionaries(
         "exclude": json_value,
     },
 )
+oid = st.one_of(st.just(W_OID), st.sampled_from(["0" * 64, W_OID.upper(), W_OID[:63]]), st.text(max_size=70))
+lfs_object = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "oid": oid,
+            "size": st.one_of(st.just(len(W_BIN)), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=4)),
+        }
+    ),
+    json_value,
+)
+lfs_batch_body = st.fixed_dictionaries(
+    {
+        "operation": st.one_of(st.sampled_from(["download", "download", "upload", "verify"]), json_value),
+        "objects": st.one_of(st.lists(lfs_object, max_size=5), json_value),
+    },
+    optional={
+        "transfers": st.one_of(st.just(["basic"]), json_value),
+        "hash_algo": st.one_of(st.just("sha256"), json_value),
+        "ref": json_value,
+    },
+)
 form_body = st.lists(st.one_of(file_path, st.text(max_size=10)), max_size=8).map(
     lambda paths: urlencode([("paths", p) for p in paths] + [("expand", "true")]).encode()
 )
@@ -273,6 +299,7 @@ body = st.one_of(
     json_value.map(lambda v: json.dumps(v).encode()),
     admin_body.map(lambda v: json.dumps(v).encode()),
     form_body,
+    lfs_batch_body.map(lambda v: json.dumps(v).encode()),
     # Past the JSON parser's recursion limit, within the admin API's size limit.
     st.integers(1, 60_000).map(lambda n: b"[" * n),
 )
@@ -314,6 +341,13 @@ HUB_ROUTES = [
     "api/whoami-v2",
     "api/agent-harnesses",
     "api/{seg}",
+    "{repo}.git/info/refs",
+    "{repo}/git-upload-pack",
+    "{repo}.git/git-receive-pack",
+    "{repo}.git/info/lfs/objects/batch",
+    "datasets/{repo}.git/info/lfs/objects/batch",
+    "{repo}.git/info/lfs/objects/{seg}",
+    "{repo}.git/info/lfs/objects/{oid}",
     "{seg}",
 ]
 ADMIN_ROUTES = [
@@ -338,6 +372,7 @@ def path_for(draw: st.DrawFn, routes: list[str]) -> tuple[str, str]:
         path=draw(file_path),
         type=draw(repo_type),
         seg=draw(segment),
+        oid=draw(oid),
     )
     return template, path
 
@@ -367,6 +402,7 @@ def valid_route(draw: st.DrawFn) -> tuple[str, str]:
         path=draw(st.sampled_from(["config.json", "sub/a.txt", "w.bin", "sub", "nope"])),
         type="models",
         seg="",
+        oid=W_OID,
     )
     return f"valid {template}", path
 
@@ -400,6 +436,21 @@ def test_paths_info_bodies(
     if ctype is not None:
         hdrs.append(b"Content-Type: " + ctype.encode())
     status = check(env, build(method, target(f"api/models/org/m/paths-info/{rev}", ""), hdrs, payload))
+    event(f"{ctype} -> {status}")
+
+
+@FUZZ
+@given(
+    repo_path=st.sampled_from(["org/m.git", "org/m", "datasets/org/d.git", "org/nope.git"]),
+    ctype=st.one_of(st.just("application/vnd.git-lfs+json"), content_type),
+    payload=st.one_of(lfs_batch_body.map(lambda v: json.dumps(v).encode()), body),
+    auth=authorization,
+)
+def test_lfs_batch_bodies(env: Env, repo_path: str, ctype: str | None, payload: bytes, auth: bytes | None) -> None:
+    hdrs = [b"Authorization: " + auth] if auth is not None else []
+    if ctype is not None:
+        hdrs.append(b"Content-Type: " + ctype.encode())
+    status = check(env, build("POST", target(f"{repo_path}/info/lfs/objects/batch", ""), hdrs, payload))
     event(f"{ctype} -> {status}")
 
 

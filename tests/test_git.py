@@ -1,9 +1,8 @@
-"""`git clone` and `git fetch` through the mirror: git's smart HTTP (and git-lfs's batch API), passed through.
+"""`git clone` and `git fetch` through the mirror: git's smart HTTP, passed through.
 
 The first tests need no git server upstream: routing, refusals (push, LFS uploads, the allow-list,
 gated repos without a token) and the token git sends as HTTP Basic. The end-to-end tests run the
-real `git` (and `git-lfs` when installed) through the mirror against the emulator's git server, and
-skip when the emulator has none.
+real `git` through the mirror against the emulator's git server. git-lfs: tests/test_git_lfs.py.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,33 +22,29 @@ from urllib.parse import urlsplit
 import pytest
 
 from mirror.errors import BadRequest
-from mirror.hub.git import READ_ONLY, git_token
+from mirror.hub.git import READ_ONLY
 from mirror.hub.paths import GitTarget, parse_git, parse_resolve
+from mirror.tokens import git_token
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread, metric
+from tests.support.git import (
+    LFS_HEADERS,
+    REFS,
+    basic,
+    clone,
+    files,
+    git_server_upstream,
+    head,
+    run,
+    sealed_git_env,
+    send,
+    with_token,
+)
 from tests.support.mirrors import start_mirror
 
 TOKEN = "hf_good"
 LFS_DATA = os.urandom(30_000)
 BIG = os.urandom(3 * 1024 * 1024)
-REFS = "info/refs?service=git-upload-pack"
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def send(
-    base: str, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.headers), resp.read()
-    finally:
-        conn.close()
 
 
 # -- paths and tokens ------------------------------------------------------------------------------
@@ -77,6 +71,18 @@ def test_git_paths(raw: str, expected: tuple[str, str, bool, str]) -> None:
     assert (target.repo.repo_type, target.repo.repo_id, target.dot_git, target.endpoint) == expected
     # Upstream is asked the same way (models/ being the default prefix, it is left out).
     assert target.upstream_path == raw.removeprefix("/models")
+
+
+def test_lfs_object_paths() -> None:
+    oid = "ab" * 32
+    target = parse_git(f"/datasets/org/d.git/info/lfs/objects/{oid}")
+    assert target is not None and (target.repo.repo_type, target.repo.repo_id) == ("dataset", "org/d")
+    assert (target.endpoint, target.oid) == ("info/lfs/objects", oid)
+    batch = parse_git("/org/m.git/info/lfs/objects/batch")
+    assert batch is not None and (batch.endpoint, batch.oid) == ("info/lfs/objects/batch", "")
+    for bad in ("xyz", oid.upper(), oid + "0", "%00"):
+        with pytest.raises(BadRequest):
+            parse_git(f"/org/m.git/info/lfs/objects/{bad}")
 
 
 def test_resolve_urls_stay_resolve_urls() -> None:
@@ -144,7 +150,7 @@ def test_push_is_refused(repos: HubEmulator, mirror: MirrorThread, method: str, 
 def test_lfs_upload_is_refused(repos: HubEmulator, mirror: MirrorThread) -> None:
     repos.clear_requests()
     batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": "0" * 64, "size": 1}]}
-    lfs = {"Content-Type": "application/vnd.git-lfs+json", "Accept": "application/vnd.git-lfs+json"}
+    lfs = LFS_HEADERS
     path = "/org/m.git/info/lfs/objects/batch"
     status, headers, body = send(mirror.url, "POST", path, lfs, json.dumps(batch).encode())
     assert status == 403 and json.loads(body) == {"message": READ_ONLY}
@@ -194,10 +200,10 @@ def test_gated_and_private_repos_ask_for_credentials(repos: HubEmulator, mirror:
     status, headers, _ = send(mirror.url, "GET", f"/{repo}.git/{REFS}")
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic realm=")
     assert repos.count(path_contains="/info/refs") == 0
-    status, headers, _ = send(mirror.url, "POST", f"/{repo}.git/info/lfs/objects/batch", body=b"{}")
+    status, headers, _ = send(mirror.url, "POST", f"/{repo}.git/info/lfs/objects/batch", LFS_HEADERS, b"{}")
     assert status == 400  # the body is checked first: no batch, no policy question
     batch = json.dumps({"operation": "download", "objects": []}).encode()
-    status, headers, _ = send(mirror.url, "POST", f"/{repo}.git/info/lfs/objects/batch", body=batch)
+    status, headers, _ = send(mirror.url, "POST", f"/{repo}.git/info/lfs/objects/batch", LFS_HEADERS, batch)
     assert status == 401 and headers["LFS-Authenticate"].startswith("Basic realm=")
 
 
@@ -218,63 +224,13 @@ def test_upstream_down_is_a_quick_clear_5xx(tmp_path: Path) -> None:
 # -- end to end with the real git --------------------------------------------------------------------
 
 
-def git_server_upstream(hub: HubEmulator) -> bool:
-    """Whether the emulator serves git's smart HTTP (a probe, so this runs as soon as it does)."""
-    hub.add_repo("model", "probe/git", {"a.txt": b"a"})
-    try:
-        status, headers, _ = send(hub.url, "GET", f"/probe/git.git/{REFS}")
-    finally:
-        hub.remove_repo("model", "probe/git")
-    return status == 200 and headers.get("Content-Type", "").startswith("application/x-git-upload-pack")
-
-
 @pytest.fixture
 def git_env(repos: HubEmulator, tmp_path: Path) -> Iterator[dict[str, str]]:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     if not git_server_upstream(repos):
         pytest.skip("the Hub emulator has no git server yet")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        "HOME": str(home),
-        "PATH": os.environ["PATH"],
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",  # a missing credential fails instead of waiting on a prompt
-        "GIT_LFS_SKIP_SMUDGE": "1",
-        "NO_PROXY": "127.0.0.1",
-        "LANG": "C",
-    }
-    run(["git", "config", "--global", "user.email", "t@example.com"], env, home)
-    run(["git", "config", "--global", "user.name", "t"], env, home)
-    yield env
-
-
-def run(args: list[str], env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
-    if check:
-        assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done
-
-
-def clone(url: str, dest: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return run(["git", "clone", "-q", url, str(dest)], env, dest.parent, check=False)
-
-
-def head(repo: Path, env: dict[str, str]) -> str:
-    return run(["git", "rev-parse", "HEAD"], env, repo).stdout.strip()
-
-
-def files(repo: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(repo)): p.read_bytes()
-        for p in sorted(repo.rglob("*"))
-        if p.is_file() and ".git" not in p.parts
-    }
-
-
-def with_token(url: str, token: str) -> str:
-    return url.replace("http://", f"http://user:{token}@", 1)
+    yield {**sealed_git_env(tmp_path / "home"), "GIT_LFS_SKIP_SMUDGE": "1"}
 
 
 @pytest.mark.parametrize("suffix", ["", ".git"])
@@ -341,14 +297,19 @@ def test_git_push_is_refused_with_the_message(
 
 
 def test_gzip_request_bodies_are_passed(repos: HubEmulator, mirror: MirrorThread, git_env: dict[str, str]) -> None:
-    """git gzips large negotiation bodies; the mirror hands them upstream decoded."""
+    """git gzips large negotiation bodies; the mirror hands them upstream as they are."""
     sha = repos.get_repo("model", "org/m").head()  # type: ignore[union-attr]
     request = f"0032want {sha}\n".encode() + b"0000" + b"0009done\n"
     headers = {"Content-Type": "application/x-git-upload-pack-request", "Content-Encoding": "gzip"}
-    status, answer, body = send(mirror.url, "POST", "/org/m.git/git-upload-pack", headers, gzip.compress(request))
+    compressed = gzip.compress(request)
+    repos.clear_requests()
+    status, answer, body = send(mirror.url, "POST", "/org/m.git/git-upload-pack", headers, compressed)
     assert status == 200, body[:300]
     assert answer["Content-Type"] == "application/x-git-upload-pack-result"
     assert body.startswith(b"0008NAK\n") and b"PACK" in body
+    # Upstream got git's bytes as they were: still gzipped, with their own length.
+    (sent,) = [r for r in repos.requests if r.path.endswith("/git-upload-pack")]
+    assert sent.headers["content-encoding"] == "gzip" and sent.headers["content-length"] == str(len(compressed))
 
 
 def test_large_chunked_request_bodies_are_streamed(
@@ -374,17 +335,3 @@ def test_large_chunked_request_bodies_are_streamed(
         conn.close()
     assert resp.status == 200, answer[:300]
     assert answer.startswith(b"0008NAK\n") and b"PACK" in answer
-
-
-def test_lfs_clone_through_the_mirror(
-    repos: HubEmulator, mirror: MirrorThread, git_env: dict[str, str], tmp_path: Path
-) -> None:
-    if shutil.which("git-lfs") is None:
-        pytest.skip("git-lfs is not installed")
-    env = {k: v for k, v in git_env.items() if k != "GIT_LFS_SKIP_SMUDGE"}
-    run(["git", "lfs", "install", "--skip-repo"], env, tmp_path)
-    dest = tmp_path / "m"
-    done = clone(f"{mirror.url}/org/m", dest, env)
-    assert done.returncode == 0, done.stderr
-    assert (dest / "w.bin").read_bytes() == LFS_DATA
-    assert any("/info/lfs/objects/batch" in path for _, path in mirror.requests)

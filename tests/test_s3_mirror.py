@@ -31,6 +31,7 @@ from testbed.hubemu import HubEmulator, sha256_hex
 from testbed.mirror_server import MirrorProcess, MirrorThread, free_port
 from testbed.s3server import S3Server
 from tests.support.client import run_client
+from tests.support.git import lfs_batch
 from tests.support.mirrors import start_mirror, use_test_s3_credentials
 
 BUCKET = "hub-mirror"
@@ -297,6 +298,31 @@ def test_replicas_with_fill_leases_fetch_a_blob_from_upstream_once(
         assert keys.blob_key(sha256_hex(BIG)) in stored
         assert not [k for k in stored if k.startswith("leases/")], "the lease is released after the publish"
         assert unfinished_uploads(s3, prefix) == []
+    finally:
+        for m in replicas:
+            m.stop()
+
+
+def test_replicas_fill_an_lfs_object_from_upstream_once(hub: HubEmulator, s3: S3Server, tmp_path: Path) -> None:
+    """git-lfs on two replicas: the batch on one, downloads on both; the peer streams the holder's fill."""
+    hub.add_repo("model", "org/lfs-lease", {"w.bin": BIG}, lfs=["w.bin"])
+    hub.faults.throttle(4 * MIB)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    replicas = [replica(hub, s3, tmp_path, prefix) for _ in range(2)]
+    try:
+        oid = sha256_hex(BIG)
+        status, _, answer = lfs_batch(replicas[0].url, "org/lfs-lease", [(oid, len(BIG))])
+        assert status == 200 and "error" not in answer["objects"][0]
+        path = f"/org/lfs-lease.git/info/lfs/objects/{oid}"
+        results = fetch_together([f"{replicas[i % 2].url}{path}" for i in range(4)])
+        assert results == [(200, BIG)] * 4
+        assert cdn_gets(hub) == 1
+        assert sum(m.fills_started() for m in replicas) == 1
+        streamed = [metric(m.url, 'hub_mirror_peer_fills_total{outcome="streamed"}') for m in replicas]
+        assert max(streamed) >= 1  # from the holder's object route
+        for m in replicas:
+            m.settle()
+        assert keys.blob_key(oid) in object_keys(s3, prefix)
     finally:
         for m in replicas:
             m.stop()

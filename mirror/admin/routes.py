@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from mirror.errors import BadRequest, HubError, NotFound
-from mirror.hub.api import read_body
 from mirror.hub.appkeys import ACCESS, ALLOWLIST, CONFIG, MAINTENANCE, PURGE, STORAGE, SYNC
+from mirror.hub.bodies import read_body
 from mirror.lifecycle.usage import repo_usage
 from mirror.policy.allowlist import AllowEntry
 from mirror.repo import REPO_TYPES, RepoRef, validate_repo_id

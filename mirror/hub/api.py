@@ -13,17 +13,16 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from mirror.errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from mirror.hub import xet
 from mirror.hub.appkeys import ALLOWLIST, CONFIG, LISTINGS, POLICY, RESPONSES, REVISIONS, UPSTREAM
+from mirror.hub.bodies import read_body
 from mirror.hub.paths import ApiTarget
 from mirror.policy import AllowList
 from mirror.repo import MAX_PATH_LENGTH, RepoRef
@@ -38,7 +37,6 @@ JSON = "application/json"
 MAX_PATHS = 10_000
 # 10000 typical paths fit with room to spare; the bound is what one request may make the mirror hold.
 MAX_PATHS_INFO_BODY = 4 * 1024 * 1024
-READ_CHUNK = 64 * 1024
 MAX_PAGE_NUMBER = 10**9
 
 # The `expand` values huggingface_hub's model_info/dataset_info/space_info send (hf_api.py,
@@ -179,23 +177,6 @@ def listing_query(request: web.Request, repo_type: str) -> str:
         else:
             params.update((name, v) for v in values if v)
     return urlencode(sorted(params))
-
-
-async def read_body(request: web.Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (after any Content-Encoding)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
-    body = bytearray()
-    try:
-        while chunk := await request.content.read(READ_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
-    except (HttpProcessingError, web.RequestPayloadError) as exc:
-        # Broken chunking or compression: the client's fault, said without echoing its bytes.
-        cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
-        raise BadRequest(f"{what} could not be read: {type(cause).__name__}") from None
-    return bytes(body)
 
 
 def _require(request: web.Request, *methods: str) -> None:

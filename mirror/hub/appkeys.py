@@ -13,6 +13,7 @@ from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
 from mirror.cache.metadata.entries import Entries
+from mirror.cache.metadata.lfs import LfsObjects
 from mirror.cache.metadata.listings import Metadata
 from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.purge import Purge
@@ -40,6 +41,7 @@ POLICY = web.AppKey("policy", Policy)
 ALLOWLIST = web.AppKey("allowlist", AllowList)
 REVISIONS = web.AppKey("revisions", Revisions)
 ENTRIES = web.AppKey("entries", Entries)
+LFS = web.AppKey("lfs", LfsObjects)
 LISTINGS = web.AppKey("listings", Metadata)
 BLOBS = web.AppKey("blobs", Blobs)
 FILLER = web.AppKey("filler", Filler)

@@ -2,8 +2,7 @@
 
 Clone and fetch (`info/refs?service=git-upload-pack`, `git-upload-pack`) go to the upstream as they
 came, streamed both ways with one chunk in memory: packs are neither cached nor rewritten. git-lfs's
-batch API (`{repo}.git/info/lfs/objects/batch`) is passed on too, for downloads only, so the hrefs
-it answers with point at the upstream's storage: LFS bytes come from there, not from the mirror.
+batch API and objects are the mirror's own (hub/lfs.py): LFS bytes come from the blob cache.
 
 The mirror is read-only: a push (`service=git-receive-pack`, or an LFS upload) is refused with 403.
 Before anything goes upstream, the repo is checked exactly as a resolve is (allow-list, then
@@ -18,39 +17,33 @@ its JSON `{"message": ...}`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from mirror.errors import BadRequest, HubError, MethodNotAllowed, PayloadTooLarge, UpstreamError, UpstreamUnavailable
+from mirror.errors import BadRequest, HubError, MethodNotAllowed, ReadOnly, UpstreamError, UpstreamUnavailable
 from mirror.hub.appkeys import POLICY, UPSTREAM
 from mirror.hub.errors import error_response
+from mirror.hub.lfs import READ_ONLY, handle_lfs_batch, handle_lfs_object
 from mirror.hub.observe import GIT_ROUTES, ROUTE
-from mirror.hub.paths import GitTarget
+from mirror.hub.paths import LFS_OBJECT, GitTarget
 from mirror.hub.resolve import cut
 from mirror.metrics import current_stats
-from mirror.tokens import bearer_token
+from mirror.tokens import BASIC_REALM, git_token
 
 log = logging.getLogger(__name__)
 
-READ_ONLY = "hub-mirror is read-only: push to the Hub itself"
-REALM = 'Basic realm="Hugging Face Hub mirror", charset="UTF-8"'
 UPLOAD_PACK = "git-upload-pack"
 RECEIVE_PACK = "git-receive-pack"
 LFS_BATCH = "info/lfs/objects/batch"
 LFS_TYPE = "application/vnd.git-lfs+json"
 CHUNK = 64 * 1024
-# git-lfs asks for 100 objects per batch (lfs.transfer.batchSize); a few KiB. This bounds what one
-# request makes the mirror hold, since the operation must be read before the batch goes upstream.
-MAX_LFS_BATCH = 1024 * 1024
-METHODS = {"info/refs": ("GET",), UPLOAD_PACK: ("POST",), LFS_BATCH: ("POST",)}
-# What git and git-lfs send that the upstream needs. Content-Encoding is not among them: the
-# server hands request bodies over decoded, so they go upstream decoded (and without the length).
-REQUEST_HEADERS = ("Content-Type", "Accept", "Git-Protocol", "User-Agent")
+METHODS = {"info/refs": ("GET",), UPLOAD_PACK: ("POST",)}
+# What git sends that the upstream needs. The server hands request bodies over as they came on the
+# wire (app.py), so a gzipped body goes upstream as git sent it, with its encoding and length.
+REQUEST_HEADERS = ("Content-Type", "Content-Encoding", "Accept", "Git-Protocol", "User-Agent")
 RESPONSE_HEADERS = (
     "Content-Type",
     "Content-Encoding",
@@ -63,37 +56,12 @@ RESPONSE_HEADERS = (
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
-class ReadOnly(HubError):
-    status = 403
-    code = "ReadOnlyMirror"
-
-
-def git_token(authorization: str | None) -> str | None:
-    """The caller's token: Bearer as the HF client sends it, or the password of git's HTTP Basic.
-
-    Basic's user name is ignored (the Hub takes any); no password is anonymous. The token passes the
-    same checks as a bearer token before it is hashed for a cache key or sent upstream.
-    """
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        return bearer_token(authorization)
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        decoded = ""
-    _, colon, password = decoded.partition(":")
-    if not colon:
-        raise BadRequest(
-            "malformed Authorization header: Basic credentials are base64 of user:token",
-            headers={"WWW-Authenticate": REALM},
-        )
-    return bearer_token(f"Bearer {password}") if password else None
-
-
 async def handle_git(request: web.Request, target: GitTarget) -> web.StreamResponse:
     try:
+        if target.endpoint == LFS_BATCH:
+            return await handle_lfs_batch(request, target)
+        if target.endpoint == LFS_OBJECT:
+            return await handle_lfs_object(request, target)
         return await _handle(request, target)
     except HubError as exc:
         if exc.status >= 500:
@@ -107,7 +75,7 @@ def git_error(target: GitTarget, error: HubError) -> web.Response:
     headers = {k: v for k, v in shaped.headers.items() if k.lower() not in ("content-type", "content-length")}
     if error.status == 401:
         headers.update(_challenge(target))
-    if target.endpoint == LFS_BATCH:
+    if target.endpoint in (LFS_BATCH, LFS_OBJECT):
         body = json.dumps({"message": error.message}).encode()
         return web.Response(status=error.status, body=body, content_type=LFS_TYPE, headers=headers)
     return web.Response(status=error.status, text=error.message + "\n", content_type="text/plain", headers=headers)
@@ -115,9 +83,9 @@ def git_error(target: GitTarget, error: HubError) -> web.Response:
 
 def _challenge(target: GitTarget) -> dict[str, str]:
     """What makes git (and git-lfs) ask for credentials and try again."""
-    if target.endpoint == LFS_BATCH:
-        return {"WWW-Authenticate": REALM, "LFS-Authenticate": REALM}
-    return {"WWW-Authenticate": REALM}
+    if target.endpoint in (LFS_BATCH, LFS_OBJECT):
+        return {"WWW-Authenticate": BASIC_REALM, "LFS-Authenticate": BASIC_REALM}
+    return {"WWW-Authenticate": BASIC_REALM}
 
 
 async def _handle(request: web.Request, target: GitTarget) -> web.StreamResponse:
@@ -131,11 +99,9 @@ async def _handle(request: web.Request, target: GitTarget) -> web.StreamResponse
         raise BadRequest(f"hub-mirror speaks git's smart HTTP only: ask info/refs?service={UPLOAD_PACK}")
     path = target.upstream_path + (f"?service={UPLOAD_PACK}" if service else "")
     headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
-    body: bytes | AsyncIterator[bytes] | None = None
-    if target.endpoint == LFS_BATCH:
-        body = await _lfs_download_batch(request)
-    elif target.endpoint == UPLOAD_PACK:
-        if "Content-Length" in request.headers and "Content-Encoding" not in request.headers:
+    body: AsyncIterator[bytes] | None = None
+    if target.endpoint == UPLOAD_PACK:
+        if "Content-Length" in request.headers:
             headers["Content-Length"] = request.headers["Content-Length"]  # else: sent chunked
         body = _request_body(request)
 
@@ -163,24 +129,6 @@ async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
     # aiohttp reads the client no faster than this is consumed: one chunk in memory.
     async for chunk in request.content.iter_chunked(CHUNK):
         yield chunk
-
-
-async def _lfs_download_batch(request: web.Request) -> bytes:
-    """The batch request's bytes, once they are known to ask for downloads only."""
-    if request.content_length is not None and request.content_length > MAX_LFS_BATCH:
-        raise PayloadTooLarge(f"an LFS batch request is limited to {MAX_LFS_BATCH} bytes")
-    body = await request.content.read(MAX_LFS_BATCH + 1)
-    if len(body) > MAX_LFS_BATCH:
-        raise PayloadTooLarge(f"an LFS batch request is limited to {MAX_LFS_BATCH} bytes")
-    try:
-        operation = json.loads(body).get("operation")
-    except (ValueError, AttributeError):
-        operation = None
-    if not isinstance(operation, str):
-        raise BadRequest("an LFS batch request is a JSON object with an operation")
-    if operation != "download":
-        raise ReadOnly(READ_ONLY)
-    return body
 
 
 async def _relay(request: web.Request, response: web.StreamResponse, chunks: AsyncIterator[bytes]) -> None:

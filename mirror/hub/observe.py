@@ -27,6 +27,7 @@ GIT_ROUTES = {
     "git-upload-pack": "git_upload_pack",
     "git-receive-pack": "git_receive_pack",
     "info/lfs/objects/batch": "git_lfs_batch",
+    "info/lfs/objects": "git_lfs_object",
 }
 
 

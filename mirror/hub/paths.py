@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from mirror.errors import BadRequest, NotFound
 from mirror.repo import (
     API_TYPES,
+    OID_RE,
     RepoRef,
     validate_file_path,
     validate_repo_id,
@@ -36,6 +37,8 @@ PATH_OPS = ("tree", "treesize")
 MAX_RAW_PATH = 4096
 # The endpoints git (smart HTTP) and git-lfs call under a repo's URL; longest first.
 GIT_ENDPOINTS = ("info/lfs/objects/batch", "info/refs", "git-upload-pack", "git-receive-pack")
+# The mirror's own route for one LFS object (`{repo}.git/info/lfs/objects/{oid}`): its batch answers point there.
+LFS_OBJECT = "info/lfs/objects"
 # llama.cpp's tags name a quantisation (`Q4_K_M`, `IQ2_XXS`) or are `latest`.
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 
@@ -61,7 +64,8 @@ class GitTarget:
 
     repo: RepoRef
     dot_git: bool  # the client named the repo with `.git`, and upstream is asked the same way
-    endpoint: str  # one of GIT_ENDPOINTS
+    endpoint: str  # one of GIT_ENDPOINTS, or LFS_OBJECT
+    oid: str = ""  # the object's sha256, for LFS_OBJECT
 
     @property
     def upstream_path(self) -> str:
@@ -173,19 +177,25 @@ def parse_manifest(raw_path: str) -> ManifestTarget | None:
 
 
 def parse_git(raw_path: str) -> GitTarget | None:
-    """`/[datasets/|spaces/]{repo}[.git]/{info/refs|git-upload-pack|git-receive-pack|info/lfs/objects/batch}`.
+    """`/[datasets/|spaces/]{repo}[.git]/{info/refs|git-upload-pack|git-receive-pack|info/lfs/objects/batch}`,
+    or `.../info/lfs/objects/{oid}` (the mirror's own LFS object route).
 
     None when the path is not one; called after parse_resolve, so a resolve URL whose file is
     named `info/refs` stays a resolve URL.
     """
     segs = _segments(raw_path)
+    oid = ""
     for endpoint in GIT_ENDPOINTS:
         tail = endpoint.split("/")
         if len(segs) > len(tail) and segs[-len(tail) :] == tail:
             rest = segs[: -len(tail)]
             break
     else:
-        return None
+        if len(segs) < 5 or segs[-4:-1] != LFS_OBJECT.split("/"):
+            return None
+        endpoint, oid, rest = LFS_OBJECT, _decode(segs[-1]), segs[:-4]
+        if not OID_RE.fullmatch(oid):
+            raise BadRequest(f"Invalid LFS object id {oid[:200]!r}: expected a lowercase sha256")
     repo_type = "model"
     if len(rest) >= 2 and rest[0] in RESOLVE_PREFIXES:
         repo_type = RESOLVE_PREFIXES[rest[0]]
@@ -197,4 +207,4 @@ def parse_git(raw_path: str) -> GitTarget | None:
     if dot_git:
         names[-1] = names[-1][: -len(".git")]
     repo = RepoRef(repo_type, validate_repo_id("/".join(names)))
-    return GitTarget(repo, dot_git, endpoint)
+    return GitTarget(repo, dot_git, endpoint, oid)

@@ -26,6 +26,7 @@ from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range, restarts_on_full_answer
 from mirror.metrics import current_stats
 from mirror.replicas import PEER_HEADER
+from mirror.repo import Fetchable
 from mirror.tokens import bearer_token
 
 log = logging.getLogger(__name__)
@@ -63,25 +64,42 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     if precondition is not None:
         return not_modified(entry, precondition)
     range_header = request.headers.get("Range") if range_applies(request.headers, headers["ETag"]) else None
-    if range_header and await request.app[BLOBS].resume_unsafe(entry):
+    return await serve_blob(request, entry, headers, token, range_header, redirectable=entry.is_lfs)
+
+
+async def serve_blob(
+    request: web.Request,
+    blob: Fetchable,
+    headers: dict[str, str],
+    token: str | None,
+    range_header: str | None,
+    *,
+    redirectable: bool,
+) -> web.StreamResponse:
+    """A blob's bytes (all, or the Range asked for) with `headers`: from the cache, a fill, or a peer.
+
+    `redirectable`: a GET of a cached blob may be answered with a 302 to the object store (only
+    LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do).
+    """
+    if range_header and await request.app[BLOBS].resume_unsafe(blob):
         # Some client may hold bad bytes of this blob from a fill that failed verification, so no
         # Range of it is served: clients that start over get the whole file (RFC 9110 lets a
         # server ignore Range), the others an error that stops them (see hub/ranges.py).
         if not restarts_on_full_answer(request.headers.get("User-Agent")):
             raise ResumeRefused(
-                f"An upstream copy of {entry.path} once failed verification, so a partial download of it may hold "
+                f"An upstream copy of {blob.label} once failed verification, so a partial download of it may hold "
                 "bad bytes: delete the partial file and download it again without resuming."
             )
         range_header = None
         headers["Accept-Ranges"] = "none"
-    span = parse_range(range_header, entry.size)
-    start, end = span if span else (0, entry.size)
+    span = parse_range(range_header, blob.size)
+    start, end = span if span else (0, blob.size)
     status = 206 if span else 200
     if span:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
 
     if request.method == "HEAD":
-        headers["X-Cache"] = "HIT" if await request.app[BLOBS].is_cached(entry) else "MISS"
+        headers["X-Cache"] = "HIT" if await request.app[BLOBS].is_cached(blob) else "MISS"
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(request)
@@ -90,9 +108,8 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
 
     # A request from another replica (streaming a fill of ours) is never passed on or redirected.
     from_peer = PEER_HEADER in request.headers
-    # Only LFS files: their 302 carries X-Linked-Etag/X-Linked-Size, as the Hub's CDN redirects do.
-    disposition = headers["Content-Disposition"] if entry.is_lfs and not from_peer else None
-    body = await request.app[BLOBS].open(entry, token, start, end, disposition, may_proxy=not from_peer)
+    disposition = headers.get("Content-Disposition") if redirectable and not from_peer else None
+    body = await request.app[BLOBS].open(blob, token, start, end, disposition, may_proxy=not from_peer)
     try:
         headers["X-Cache"] = "HIT" if body.source == "cache" else "MISS"
         stats = current_stats()

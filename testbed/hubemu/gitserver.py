@@ -303,6 +303,9 @@ class GitHandlers:
     # -- LFS batch API ---------------------------------------------------------------------------
 
     async def lfs_batch(self, request: web.Request, repo: Repo) -> web.Response:
+        # Bodies are parsed by their Content-Type only (git-lfs labels its JSON as its own type).
+        if request.content_type not in (LFS_TYPE, "application/json"):
+            return lfs_error(422, f"Invalid batch request: {request.content_type or 'untyped'} body is not JSON")
         try:
             body: Any = json.loads(await request.read())
             operation = body.get("operation")
