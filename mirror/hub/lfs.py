@@ -27,6 +27,7 @@ from mirror.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
+from mirror.hub.api import mirror_origin
 from mirror.hub.appkeys import LFS, POLICY
 from mirror.hub.bodies import read_body
 from mirror.hub.paths import LFS_OBJECT, GitTarget
@@ -129,13 +130,7 @@ async def _download_batch(request: web.Request) -> list[tuple[str, int]]:
 
 
 def _object_base(request: web.Request, target: GitTarget) -> str:
-    """The absolute URL the client reaches the object route at (git-lfs needs absolute hrefs).
-
-    The client's own Host (and a proxy's X-Forwarded-Proto/-Host in front of the mirror): the href
-    goes back to the same client, so whatever it names can only point that client's own requests.
-    """
-    proto = request.headers.get("X-Forwarded-Proto", "").split(",", 1)[0].strip().lower()
-    scheme = proto if proto in ("http", "https") else request.scheme
-    host = request.headers.get("X-Forwarded-Host", "").split(",", 1)[0].strip() or request.host
+    """The absolute URL of the repo's object route (git-lfs needs absolute hrefs): `server.public_url`
+    behind a load balancer, else the Host the client called the mirror by."""
     repo = target.repo
-    return f"{scheme}://{host}/{repo.url_prefix}{repo.repo_id}.git/{LFS_OBJECT}"
+    return f"{mirror_origin(request).rstrip('/')}/{repo.url_prefix}{repo.repo_id}.git/{LFS_OBJECT}"
