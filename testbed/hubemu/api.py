@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -307,8 +306,10 @@ class ApiHandlers:
         )
 
     def xet_token(self, repo: Repo, commit: Commit) -> web.Response:
-        expires = int(time.time()) + 3600
-        token = hashlib.sha256(f"{repo.repo_id}/{commit.sha}/{expires}".encode()).hexdigest()
+        """A short-lived CAS token for this repo (the caller already passed the repo's visibility and gate
+        checks): the JSON body xet-core reads (`CasJWTInfo`) and the headers huggingface_hub reads."""
+        del commit  # resolved only to 404 unknown revisions; the token covers the repo, as the CAS scopes it
+        token, expires = self.emu.xet.issue(repo.repo_type, repo.repo_id, self.emu.faults.cas_token_generation)
         headers = {
             "X-Xet-Cas-Url": self.emu.cdn_url,
             "X-Xet-Access-Token": token,

@@ -17,6 +17,7 @@ from .faults import Faults
 from .gitserver import GitRepos
 from .repos import REPO_TYPES, Blob, Repo
 from .server import HubServer
+from .xet.store import XetStore
 
 # The client API says "model", URLs say "models"; accept either so callers need not care.
 _TYPE_ALIASES = {**{t: t for t in REPO_TYPES}, **{t + "s": t for t in REPO_TYPES}}
@@ -59,6 +60,7 @@ class HubEmulator:
         self._runners: list[web.AppRunner] = []
         self._urls: tuple[str, str] | None = None
         self.git_repos = GitRepos()  # bare repos behind the git routes, written on first use
+        self.xet = XetStore()  # the CAS's access tokens and the xorbs it has handed out URLs for
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Faults:
         self._rules: list[Rule] = []
         self._down = False
         self._url_generation = 0
+        self._cas_token_generation = 0
 
     def _add(self, rule: Rule) -> Rule:
         with self._lock:
@@ -126,13 +127,22 @@ class Faults:
         return self._down
 
     def expire_signed_urls(self) -> None:
-        """Invalidate every CDN URL issued so far; URLs issued afterwards are valid."""
+        """Invalidate every CDN URL (LFS and Xet xorb URLs alike) issued so far; URLs issued afterwards are valid."""
         with self._lock:
             self._url_generation += 1
 
     @property
     def url_generation(self) -> int:
         return self._url_generation
+
+    def expire_cas_tokens(self) -> None:
+        """Revoke every Xet CAS access token issued so far (the CAS then answers 401); later ones are valid."""
+        with self._lock:
+            self._cas_token_generation += 1
+
+    @property
+    def cas_token_generation(self) -> int:
+        return self._cas_token_generation
 
     def clear(self) -> None:
         """Remove all rules and bring the origins back up (expired URLs stay expired)."""

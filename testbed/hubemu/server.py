@@ -115,9 +115,11 @@ class HubServer:
 
     def __init__(self, emu: HubEmulator) -> None:
         self.emu = emu
-        from .api import ApiHandlers  # api imports this module
+        from .api import ApiHandlers  # api and the CAS import this module
+        from .xet.cas import CasHandlers
 
         self.api = ApiHandlers(self)
+        self.cas = CasHandlers(self)
         self.git = GitHandlers(self, emu.git_repos)
 
     # -- applications ---------------------------------------------------------------------------
@@ -161,6 +163,8 @@ class HubServer:
         path = unquote(request.rel_url.raw_path)
         if origin == "cdn" and (match := _CDN_PATH.fullmatch(request.rel_url.raw_path)):
             path += "\n" + "\n".join(sorted(self.emu._cdn_names.get(match.group(2), ())))
+        elif origin == "cdn" and (names := self.cas.subject_names(request.rel_url.raw_path)):
+            path += "\n" + "\n".join(names)
         return path
 
     # -- shared helpers ---------------------------------------------------------------------------
@@ -331,13 +335,8 @@ class HubServer:
         )
         return f"{self.emu.cdn_url}{url_path}?{query}"
 
-    async def handle_cdn(self, request: web.Request) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            return cdn_error(405, "MethodNotAllowed", "Method not allowed")
-        match = _CDN_PATH.fullmatch(request.rel_url.raw_path)
-        blob = self.emu._cdn_blobs.get(match.group(2)) if match else None
-        if match is None or blob is None:
-            return cdn_error(404, "NoSuchKey", "The specified key does not exist.")
+    def signature_error(self, request: web.Request, signed: str) -> web.Response | None:
+        """The CDN's 403 for a URL whose `Expires`/`Signature` do not sign `signed`, or that has expired."""
         try:
             expires = int(request.query.get("Expires", ""))
         except ValueError:
@@ -347,12 +346,26 @@ class HubServer:
         valid = [
             generation
             for generation in range(current + 1)
-            if hmac.compare_digest(self._signature(request.rel_url.raw_path, expires, generation), signature)
+            if hmac.compare_digest(self._signature(signed, expires, generation), signature)
         ]
         if not valid:
             return cdn_error(403, "AccessDenied", "Invalid signature")
         if valid[0] != current or expires < time.time():
             return cdn_error(403, "AccessDenied", "Request has expired")
+        return None
+
+    async def handle_cdn(self, request: web.Request) -> web.StreamResponse:
+        if self.cas.owns(request.rel_url.raw_path):
+            return await self.cas.handle(request)
+        if request.method not in ("GET", "HEAD"):
+            return cdn_error(405, "MethodNotAllowed", "Method not allowed")
+        match = _CDN_PATH.fullmatch(request.rel_url.raw_path)
+        blob = self.emu._cdn_blobs.get(match.group(2)) if match else None
+        if match is None or blob is None:
+            return cdn_error(404, "NoSuchKey", "The specified key does not exist.")
+        refused = self.signature_error(request, request.rel_url.raw_path)
+        if refused is not None:
+            return refused
         assert blob.xet_hash is not None
         headers = {
             "ETag": f'"{blob.xet_hash}"',
