@@ -1,0 +1,156 @@
+"""The upstream's Xet CAS as the mirror reaches it (mirror/xetcas.py), against the emulator's CAS.
+
+Tokens from the Hub's xet-read-token route, reconstructions checked for shape, xorb ranges fetched
+with exactly their signed Range, and the refusals the CAS answers with (an expired token, an
+expired URL, a gated repo without the Hub token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mirror.config import UpstreamConfig
+from mirror.errors import HubError, UpstreamError
+from mirror.metrics import Metrics
+from mirror.repo import RepoRef
+from mirror.upstream import Upstream
+from mirror.xetcas import XetCas, XorbUrlRefused, parse_reconstruction
+from testbed.hubemu import HubEmulator
+
+TOKEN = "hf_good"
+DATA = os.urandom(600_000)
+REPO = RepoRef("model", "org/m")
+
+
+@pytest.fixture
+async def cas(hub: HubEmulator) -> AsyncIterator[XetCas]:
+    config = UpstreamConfig(url=hub.url, read_timeout=5.0, breaker_failures=0)
+    session = Upstream.new_session(config)
+    try:
+        yield XetCas(Upstream(config, session, Metrics()))
+    finally:
+        await session.close()
+
+
+def xet_hash(hub: HubEmulator, repo_type: str, repo_id: str, path: str) -> str:
+    repo = hub.get_repo(repo_type, repo_id)
+    assert repo is not None
+    blob = repo.commits[repo.head()].files[path]
+    assert blob.xet_hash is not None
+    return blob.xet_hash
+
+
+async def test_a_file_rebuilt_from_its_reconstruction(hub: HubEmulator, cas: XetCas) -> None:
+    hub.add_repo("model", "org/m", {"w.bin": DATA}, lfs=["w.bin"])
+    access = await cas.access(REPO, "main", None)
+    assert access.url.startswith(hub.cdn_url) and access.token and access.expires > 0
+    assert await cas.access(REPO, "main", None) is access  # kept until near its expiry
+    found = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None)
+    assert found.offset == 0 and sum(t.unpacked_length for t in found.terms) == len(DATA)
+    for term in found.terms:
+        fetch = found.fetch_for(term)
+        got = b"".join([piece async for piece in cas.xorb_range(fetch)])
+        xorb = hub.xet.xorb(term.xorb)
+        assert xorb is not None and got == xorb.body[fetch.first : fetch.last + 1]
+    # The CAS served exactly the signed ranges, with the CAS token and never the Hub's.
+    asked = [r for r in hub.requests if "/v1/reconstructions/" in r.path]
+    assert asked and all(r.headers["authorization"] == f"Bearer {access.token}" for r in asked)
+    xorbs = [r for r in hub.requests if r.path.startswith("/xorbs/")]
+    assert xorbs and all("authorization" not in r.headers for r in xorbs)
+
+
+async def test_a_byte_range_of_a_file(hub: HubEmulator, cas: XetCas) -> None:
+    hub.add_repo("model", "org/m", {"w.bin": DATA}, lfs=["w.bin"])
+    found = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None, (300_000, 300_099))
+    assert found.terms and found.offset < found.terms[0].unpacked_length
+
+
+async def test_an_expired_cas_token_is_renewed_once(hub: HubEmulator, cas: XetCas) -> None:
+    hub.add_repo("model", "org/m", {"w.bin": DATA}, lfs=["w.bin"])
+    first = await cas.access(REPO, "main", None)
+    hub.faults.expire_cas_tokens()
+    found = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None)
+    assert found.terms
+    assert (await cas.access(REPO, "main", None)).token != first.token
+
+
+async def test_an_expired_xorb_url_is_refused_for_a_new_reconstruction(hub: HubEmulator, cas: XetCas) -> None:
+    hub.add_repo("model", "org/m", {"w.bin": DATA}, lfs=["w.bin"])
+    found = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None)
+    hub.faults.expire_signed_urls()
+    with pytest.raises(XorbUrlRefused):
+        async for _ in cas.xorb_range(found.fetch_for(found.terms[0])):
+            pass
+
+
+async def test_gated_repos_need_the_hub_token_for_cas_access(hub: HubEmulator, cas: XetCas) -> None:
+    hub.add_repo("model", "org/gated", {"w.bin": DATA}, lfs=["w.bin"], gated="auto", tokens=(TOKEN,))
+    gated = RepoRef("model", "org/gated")
+    with pytest.raises(HubError) as refused:
+        await cas.access(gated, "main", None)
+    assert refused.value.status in (401, 403)
+    assert (await cas.access(gated, "main", TOKEN)).token
+    found = await cas.reconstruction(gated, "main", xet_hash(hub, "model", "org/gated", "w.bin"), TOKEN)
+    assert found.terms
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"not json",
+        b"[]",
+        b'{"terms": [], "fetch_info": {}}',
+        json.dumps({"offset_into_first_range": -1, "terms": [], "fetch_info": {}}).encode(),
+        json.dumps(
+            {
+                "offset_into_first_range": 0,
+                "terms": [{"hash": "a" * 64, "unpacked_length": 10, "range": {"start": 0, "end": 1}}],
+                "fetch_info": {},
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "offset_into_first_range": 0,
+                "terms": [{"hash": "a" * 64, "unpacked_length": 10, "range": {"start": 0, "end": 1}}],
+                "fetch_info": {
+                    "a" * 64: [
+                        {
+                            "range": {"start": 0, "end": 1},
+                            "url": "file:///etc/passwd",
+                            "url_range": {"start": 0, "end": 9},
+                        }
+                    ]
+                },
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "offset_into_first_range": 0,
+                "terms": [{"hash": "a" * 64, "unpacked_length": 10, "range": {"start": 2, "end": 1}}],
+                "fetch_info": {},
+            }
+        ).encode(),
+    ],
+)
+def test_malformed_reconstructions_are_refused(answer: bytes) -> None:
+    with pytest.raises(UpstreamError):
+        parse_reconstruction(answer)
+
+
+async def test_a_new_revision_reuses_the_chunks_of_the_last(hub: HubEmulator, cas: XetCas) -> None:
+    """The emulator deduplicates as the Hub's upload does: a revision changing 5 % of a file adds ~5 % of xorb bytes."""
+    old = os.urandom(2 * 1024 * 1024)
+    repo = hub.add_repo("model", "org/m", {"w.bin": old}, lfs=["w.bin"])
+    before = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None)
+    middle = len(old) // 2
+    new = old[:middle] + os.urandom(len(old) // 20) + old[middle + len(old) // 20 :]
+    repo.commit({"w.bin": new})
+    after = await cas.reconstruction(REPO, "main", xet_hash(hub, "model", "org/m", "w.bin"), None)
+    assert sum(t.unpacked_length for t in after.terms) == len(new)
+    old_xorbs = {t.xorb for t in before.terms}
+    fresh = sum(t.unpacked_length for t in after.terms if t.xorb not in old_xorbs)
+    assert 0 < fresh < 0.2 * len(new)
