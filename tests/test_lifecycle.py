@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -317,7 +318,8 @@ def test_gc_removes_what_a_purge_left_unreferenced(
     assert "would remove 1 blob" in capsys.readouterr().out and a_blob.exists()
     assert gc_cli(cache, "--grace", "1s", "--apply") == 0
     out = capsys.readouterr().out
-    assert "removed 1 blob" in out and "5000 bytes" in out
+    # Leftovers of the mirror's own stop (a staging file, the blob's access shard) may go in the same pass.
+    assert "removed 1 blob" in out and int(re.search(r"\((\d+) bytes\)", out).group(1)) >= 5000, out
     assert not a_blob.exists() and shared.exists(), "a blob another repo names must stay"
 
 
