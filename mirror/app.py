@@ -18,6 +18,7 @@ from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.blobs import Blobs
 from mirror.cache.blobs.fill import Filler
 from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.blobs.xetfill import XetSource
 from mirror.cache.leases import Leases
 from mirror.cache.metadata.entries import Entries
 from mirror.cache.metadata.lfs import LfsObjects
@@ -70,6 +71,7 @@ from mirror.sync.pins import Pins
 from mirror.sync.scheduler import Scheduler
 from mirror.tasks import stop
 from mirror.upstream import Upstream
+from mirror.xetcas import XetCas
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -101,7 +103,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         replica_session = Replicas.new_session(config.upstream.connect_timeout, config.upstream.read_timeout)
         leases = Leases(storage, config.server.advertise_url, cache.fill_lease_ttl)
         replicas = Replicas(replica_session, metrics)
-    filler = Filler(storage, upstream, cache, config.upstream, metrics, leases, PoisonLedger(storage))
+    xet = None
+    if config.upstream.xet:
+        xet = XetSource(XetCas(upstream), storage, records, config.upstream.resume_attempts, metrics)
+    filler = Filler(storage, upstream, cache, config.upstream, metrics, leases, PoisonLedger(storage), xet)
     metrics.track_fills(lambda: filler.in_flight)
     reads = AccessLog(storage, cache.access_flush_interval)
     blobs = Blobs(storage, filler, replicas, reads)

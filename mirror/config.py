@@ -62,6 +62,10 @@ class UpstreamConfig:
     # Seconds between background probes of the upstream while no client traffic has said whether
     # it answers, so hub_mirror_upstream_up is true on an idle mirror; 0 turns the probe off.
     probe_interval: float = 30.0
+    # Fill LFS files the upstream stores in Xet by chunks from its Xet CAS (X-Xet-Hash on the resolve),
+    # reusing the chunks of files already cached: a new revision costs about its changed chunks.
+    # Off: every fill is one HTTP download of the whole file (the upstream's CDN).
+    xet: bool = False
 
 
 @dataclass

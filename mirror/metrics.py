@@ -118,6 +118,13 @@ class Metrics:
             "File downloads the client closed before the end (normal for segmented and cancelled downloads)",
             registry=r,
         )
+        self.xet_bytes = Counter(
+            "hub_mirror_xet_fill_bytes_total",
+            "Bytes of files filled from the upstream's Xet CAS, by where they came from: decoded from xorb ranges"
+            " fetched upstream, or read from cached files holding the same chunks (upstream bytes saved)",
+            ["source"],
+            registry=r,
+        )
         self.catch_up_bytes = Counter(
             "hub_mirror_fill_catch_up_bytes_total",
             "Bytes fetched from upstream a second time for followers too far behind an S3 fill",

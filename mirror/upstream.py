@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 LFS_BATCH_PATH = "info/lfs/objects/batch"
+_XET_HASH = re.compile(r"[0-9a-f]{64}")
 LFS_TYPE = "application/vnd.git-lfs+json"
 # An answer for git-lfs's 100 objects is ~60 KiB (signed hrefs); this bounds what one may hold.
 MAX_LFS_ANSWER = 4 * 1024 * 1024
@@ -186,6 +188,7 @@ class FileMeta:
 
     etag: str  # git blob sha1 (40 hex) for plain files, sha256 (64 hex) for LFS
     size: int
+    xet_hash: str | None = None  # the Xet file hash (X-Xet-Hash) of a file stored in Xet
 
 
 def origin_of(url: str) -> str:
@@ -462,6 +465,7 @@ class Upstream:
                 raise await error_from_response(resp, b"")
             commit = resp.headers.get("X-Repo-Commit")
             etag = normalise_etag(resp.headers.get("X-Linked-Etag") or resp.headers.get("ETag"))
+            xet_hash = (resp.headers.get("X-Xet-Hash") or "").strip().lower()
             size_header = resp.headers.get("X-Linked-Size")
             if size_header is None and resp.status < 300:
                 size_header = resp.headers.get("Content-Length")
@@ -477,7 +481,9 @@ class Upstream:
             size = int(size_header)
         except ValueError:
             raise UpstreamError(f"upstream size {size_header!r} is not a number", status=502) from None
-        return FileMeta(etag=etag, size=size)
+        if not _XET_HASH.fullmatch(xet_hash):
+            xet_hash = ""  # absent or not a hash: the file is fetched over HTTP
+        return FileMeta(etag=etag, size=size, xet_hash=xet_hash or None)
 
     async def body(self, file: Fetchable, token: str | None, start: int, *, chunk_size: int) -> AsyncIterator[bytes]:
         """The file's bytes from `start` to its end, in chunks of about `chunk_size`.

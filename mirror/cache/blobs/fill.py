@@ -23,7 +23,9 @@ from typing import Any, Protocol, TypeVar
 from mirror.cache import keys
 from mirror.cache.blobs.hashing import blob_hasher
 from mirror.cache.blobs.poison import PoisonLedger
+from mirror.cache.blobs.xetfill import XetBody, XetSource
 from mirror.cache.leases import Lease, Leases, LeaseUnavailable
+from mirror.cache.metadata.entries import FileEntry
 from mirror.config import CacheConfig, UpstreamConfig
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics, current_stats
@@ -90,8 +92,13 @@ class Fill:
         throttle: Throttle | None = None,
         storage_timeout: float = 120.0,
         poison: PoisonLedger | None = None,
+        xet: XetSource | None = None,
     ) -> None:
         self.entry = entry
+        # Files the upstream stores in Xet come by chunks, reusing cached ones (cache/blobs/xetfill.py).
+        self.xet_body: XetBody | None = None
+        if xet is not None and isinstance(entry, FileEntry) and entry.xet_hash:
+            self.xet_body = xet.body(entry, token, chunk_size)
         self.blob_key = keys.blob_key(entry.etag)
         self.poison = poison
         # End offset of the furthest byte this fill handed to a client before it was verified.
@@ -146,6 +153,9 @@ class Fill:
                 self._notify()  # followers may send the last byte while the blob is made durable
                 # A publish moves the whole blob (fsync, or the last parts): allow it more time.
                 await self._bounded(self.writer.commit(), "publish", self.storage_timeout * 5)
+                if self.xet_body is not None:
+                    # Verified and published: its chunks may now serve other files' fills.
+                    await self._bounded(self.xet_body.remember(), "index the file's Xet chunks")
             self.complete = self.verified = True
         except asyncio.CancelledError:
             self.error = StorageError("fill cancelled: the mirror is shutting down")
@@ -225,7 +235,10 @@ class Fill:
 
     async def _receive(self, queue: asyncio.Queue[bytes | None], store: asyncio.Task[None]) -> None:
         # The transport resumes broken transfers; what reaches here is the file's bytes in order.
-        body = self.upstream.body(self.entry, self.token, 0, chunk_size=self.chunk_size)
+        if self.xet_body is not None:
+            body = self.xet_body.chunks()
+        else:
+            body = self.upstream.body(self.entry, self.token, 0, chunk_size=self.chunk_size)
         async with contextlib.aclosing(body) as chunks:
             async for chunk in chunks:
                 await _hand_over(queue, chunk, store)
@@ -412,8 +425,10 @@ class Filler:
         metrics: Metrics | None = None,
         leases: Leases | None = None,
         poison: PoisonLedger | None = None,
+        xet: XetSource | None = None,
     ) -> None:
         self.metrics = metrics
+        self.xet = xet
         self.leases = leases
         self._leased: set[str] = set()  # blob keys whose fill lease this replica holds
         self.storage = storage
@@ -487,6 +502,7 @@ class Filler:
             throttle,
             self.cache.storage_timeout,
             self.poison,
+            self.xet,
         )
         self._fills[fill.blob_key] = fill
         self.started += 1

@@ -28,6 +28,7 @@ class FileEntry:
     path: str
     etag: str  # sha256 (LFS) or git blob sha1
     size: int
+    xet_hash: str | None = None  # the upstream stores it in Xet: its file hash there (X-Xet-Hash)
 
     @property
     def is_lfs(self) -> bool:
@@ -40,6 +41,11 @@ class FileEntry:
     @property
     def label(self) -> str:
         return f"{self.repo.repo_id}/{self.path}"
+
+
+def _entry_of(repo: RepoRef, commit: str, path: str, record: dict) -> FileEntry:
+    xet = record.get("xet")
+    return FileEntry(repo, commit, path, record["etag"], record["size"], xet if isinstance(xet, str) else None)
 
 
 def missing_entry(path: str, commit: str) -> EntryNotFound:
@@ -63,7 +69,7 @@ class Entries:
             return entry
         record = await self.records.get(keys.entry_key(repo, commit, path))
         if record is not None:
-            entry = None if record.get("missing") else FileEntry(repo, commit, path, record["etag"], record["size"])
+            entry = None if record.get("missing") else _entry_of(repo, commit, path, record)
             self._remember(mem_key, entry)
             if entry is None:
                 raise missing_entry(path, commit)
@@ -79,8 +85,11 @@ class Entries:
             await self.records.put_best_effort(key, {"path": path, "missing": True})
             self._remember((repo, commit, path), None)
             raise missing_entry(path, commit) from None
-        entry = FileEntry(repo, commit, path, meta.etag, meta.size)
-        await self.records.put_best_effort(key, {"path": path, "etag": meta.etag, "size": meta.size})
+        entry = FileEntry(repo, commit, path, meta.etag, meta.size, meta.xet_hash)
+        record = {"path": path, "etag": meta.etag, "size": meta.size}
+        if meta.xet_hash:
+            record["xet"] = meta.xet_hash
+        await self.records.put_best_effort(key, record)
         self._remember((repo, commit, path), entry)
         return entry
 
