@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from mirror.admin.routes import add_admin_routes
 from mirror.cache.blobs.access import AccessLog
@@ -27,6 +28,7 @@ from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.purge import Purge
 from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
+from mirror.cache.xetsecret import XetSecret
 from mirror.config import Config
 from mirror.hub.appkeys import (
     ACCESS,
@@ -50,12 +52,15 @@ from mirror.hub.appkeys import (
     STORAGE_OVERRIDE,
     SYNC,
     UPSTREAM,
+    XET_SECRET,
+    XET_TOKENS,
 )
 from mirror.hub.drain import Drain
 from mirror.hub.errors import hub_errors
 from mirror.hub.health import add_health_routes, measure_storage, probe_upstream
 from mirror.hub.observe import observe
 from mirror.hub.routes import add_routes
+from mirror.hub.xetserve import TOKEN_TTL as XET_TOKEN_TTL
 from mirror.lifecycle.evict import Evictor
 from mirror.lifecycle.gc import GarbageCollector
 from mirror.lifecycle.inventory import repo_blobs
@@ -156,6 +161,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     app[BLOBS], app[FILLER], app[RESPONSES], app[PURGE] = blobs, filler, responses, purge
     app[SYNC], app[SCHEDULER] = sync, scheduler
     app[ACCESS], app[MAINTENANCE] = reads, maintenance
+    app[XET_SECRET] = XetSecret(records, config.hub.xet_secret)
+    app[XET_TOKENS] = TTLCache(maxsize=10_000, ttl=XET_TOKEN_TTL)
 
     measurer = asyncio.create_task(measure_storage(storage, metrics), name="measure-storage")
     prober = None

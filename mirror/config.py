@@ -148,8 +148,15 @@ class StorageConfig:
 
 @dataclass
 class HubConfig:
-    # Remove every xet signal so clients download through the mirror over plain HTTP.
+    # Remove xet fields from API answers (xetHash in listings), so clients ask the resolve first.
     strip_xet: bool = True
+    # "strip": clients with hf_xet download over plain HTTP through the mirror. "serve": the mirror is
+    # their Xet CAS (X-Xet-Hash on resolve, its own xet-read-token, reconstructions and chunk ranges
+    # from its cache); needs upstream.xet. docs/xet.md.
+    xet: str = "strip"
+    # Secret that signs the CAS tokens and chunk URLs the mirror hands out in serve mode. Empty: one
+    # generated once and kept in storage (shared by replicas on the same storage).
+    xet_secret: str = ""
 
 
 @dataclass
@@ -241,6 +248,10 @@ class Config:
         if self.admin.token and not re.fullmatch(r"[\x21-\x7e]+", self.admin.token):
             # Clients send it as a bearer token, which the mirror accepts only as printable ASCII.
             raise ConfigError("admin.token must be printable ASCII without spaces")
+        if self.hub.xet not in ("strip", "serve"):
+            raise ConfigError(f"hub.xet must be 'strip' or 'serve', got {self.hub.xet!r}")
+        if self.hub.xet == "serve" and not self.upstream.xet:
+            raise ConfigError("hub.xet: serve needs upstream.xet: true (the chunks it serves come from Xet fills)")
         if self.log.format not in LOG_FORMATS:
             raise ConfigError(f"log.format must be 'text' or 'json', got {self.log.format!r}")
         if self.log.level.upper() not in LOG_LEVELS:

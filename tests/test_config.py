@@ -153,6 +153,8 @@ def test_file_must_hold_a_mapping(tmp_path: Path) -> None:
         ({"HUB_MIRROR_SERVER_PORT": "80.5"}, r"server\.port: cannot read '80\.5' as int"),
         ({"HUB_MIRROR_UPSTREAM_READ_TIMEOUT": "soon"}, r"upstream\.read_timeout: cannot read 'soon' as float"),
         ({"HUB_MIRROR_HUB_STRIP_XET": "maybe"}, r"hub\.strip_xet: cannot read 'maybe' as bool"),
+        ({"HUB_MIRROR_HUB_XET": "bridge"}, r"hub\.xet must be 'strip' or 'serve'"),
+        ({"HUB_MIRROR_HUB_XET": "serve"}, r"hub\.xet: serve needs upstream\.xet: true"),
     ],
 )
 def test_bad_type_from_environment(environ: dict[str, str], pattern: str) -> None:

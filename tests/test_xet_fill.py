@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from mirror.cache import keys
-from mirror.cache.blobs.xetfill import index_key
 from mirror.hub.appkeys import RECORDS
 from mirror.repo import RepoRef
 from testbed.hubemu import HubEmulator
@@ -139,4 +138,4 @@ async def _keys(mirror: MirrorThread, prefix: str) -> list[str]:
 
 
 def test_index_key_fans_out_by_hash() -> None:
-    assert index_key("ab" * 32) == f"xet/xorbs/ab/{'ab' * 32}.json"
+    assert keys.xorb_index_key("ab" * 32) == f"xet/xorbs/ab/{'ab' * 32}.json"

@@ -108,6 +108,24 @@ def lfs_key(repo: RepoRef, oid: str) -> str:
     return f"repos/{repo.storage_prefix}/lfs/{oid[:2]}/{oid}.json"
 
 
+def xet_file_key(repo: RepoRef, xet_hash: str) -> str:
+    """A file of the repo by its Xet hash (what a Xet client asks the mirror's CAS for): its blob and where it is."""
+    return f"repos/{repo.storage_prefix}/xet/{xet_hash[:2]}/{xet_hash}.json"
+
+
+def xet_terms_key(etag: str) -> str:
+    """How a cached blob splits into Xet chunks of which xorbs (written once the blob was verified)."""
+    return f"xet/files/{etag[:2]}/{etag}.json"
+
+
+def xorb_index_key(xorb: str) -> str:
+    """Which cached blobs hold which chunk ranges of a xorb."""
+    return f"xet/xorbs/{xorb[:2]}/{xorb}.json"
+
+
+XET_SECRET = "admin/xet-secret.json"
+
+
 def ref_key(repo: RepoRef, revision: str) -> str:
     """Last known commit of a branch or tag ("" = the default branch)."""
     return f"repos/{repo.storage_prefix}/refs/{_digest(revision)}.json"
@@ -145,7 +163,7 @@ def visibility_key(repo: RepoRef) -> str:
 
 
 # The kinds of record stored under a repo's prefix (repos/<type>s/<repo id>/<kind>...).
-REPO_RECORD_KINDS = ("refs", "entries", "lfs", "api", "latest", "pins", "visibility.json")
+REPO_RECORD_KINDS = ("refs", "entries", "lfs", "xet", "api", "latest", "pins", "visibility.json")
 
 
 def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
@@ -161,8 +179,10 @@ def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
 
 
 def is_immutable(key: str) -> bool:
-    """Records fixed once written: answers and file entries at a commit, and LFS objects."""
+    """Records fixed once written: answers and file entries at a commit, LFS objects, Xet splits of blobs."""
     parts = key.split("/")
+    if key.startswith("xet/files/"):
+        return True
     if parts[0] != "repos":
         return False
     parsed = parse_repo_key(key)

@@ -8,6 +8,7 @@ glance and no module reaches into a bag of everything. Nothing here imports app.
 from __future__ import annotations
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from mirror.cache.blobs.access import AccessLog
 from mirror.cache.blobs.blobs import Blobs
@@ -19,6 +20,7 @@ from mirror.cache.metadata.revisions import Revisions
 from mirror.cache.purge import Purge
 from mirror.cache.records import Records
 from mirror.cache.responses import ResponseCache
+from mirror.cache.xetsecret import XetSecret
 from mirror.config import Config
 from mirror.hub.drain import Drain
 from mirror.lifecycle.maintenance import Maintenance
@@ -50,4 +52,7 @@ PURGE = web.AppKey("purge", Purge)
 SYNC = web.AppKey("sync", SyncManager)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ACCESS = web.AppKey("access", AccessLog)
+XET_SECRET = web.AppKey("xet_secret", XetSecret)
+# CAS token -> the Hub token it was issued for (this replica's memory): Xet fills of gated repos use it.
+XET_TOKENS = web.AppKey("xet_tokens", TTLCache)
 MAINTENANCE = web.AppKey("maintenance", Maintenance)

@@ -24,6 +24,7 @@ from mirror.hub.conditional import precondition_status, range_applies
 from mirror.hub.errors import error_response
 from mirror.hub.paths import ResolveTarget
 from mirror.hub.ranges import parse_range, restarts_on_full_answer
+from mirror.hub.xetlinks import xet_headers
 from mirror.metrics import current_stats
 from mirror.replicas import PEER_HEADER
 from mirror.repo import Fetchable
@@ -58,7 +59,7 @@ async def handle_resolve(request: web.Request, target: ResolveTarget) -> web.Str
     await request.app[POLICY].check(target.repo, token, files=True)
     commit = await request.app[REVISIONS].resolve(target.repo, target.revision, token)
     entry = await request.app[ENTRIES].get(target.repo, commit, target.path, token)
-    headers = file_headers(entry)
+    headers = file_headers(entry) | await xet_headers(request, entry)
 
     precondition = precondition_status(request.headers, headers["ETag"], request.method)
     if precondition is not None:

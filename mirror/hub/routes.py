@@ -6,15 +6,20 @@ from aiohttp import web
 
 from mirror.errors import MethodNotAllowed, NotFound
 from mirror.hub.api import handle_agent_harnesses, handle_api, handle_listing, handle_whoami
+from mirror.hub.appkeys import CONFIG
 from mirror.hub.git import handle_git
 from mirror.hub.llamacpp import handle_manifest
 from mirror.hub.observe import GIT_ROUTES, REPO_TYPE, ROUTE
 from mirror.hub.paths import parse_api, parse_git, parse_listing, parse_manifest, parse_resolve
 from mirror.hub.resolve import handle_resolve
+from mirror.hub.xetserve import handle_cas, handle_token
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = request.rel_url.raw_path
+    if raw.startswith("/xet/") and request.app[CONFIG].hub.xet == "serve":
+        request[ROUTE] = "xet_cas"
+        return await handle_cas(request)
     if raw.startswith("/api/"):
         request[ROUTE] = "api_other"
         if raw == "/api/whoami-v2":
@@ -31,6 +36,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             raise NotFound(f"unknown API path {raw[:200]}")
         request[ROUTE] = f"api_{api_target.op.replace('-', '_')}"
         request[REPO_TYPE] = api_target.repo.repo_type
+        if api_target.op == "xet-read-token" and request.app[CONFIG].hub.xet == "serve":
+            return await handle_token(request, api_target)
         return await handle_api(request, api_target)
     if raw.startswith("/v2/"):
         manifest = parse_manifest(raw)

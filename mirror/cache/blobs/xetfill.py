@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 MAX_HOLDERS = 8
 
 
-def index_key(xorb: str) -> str:
-    return f"xet/xorbs/{xorb[:2]}/{xorb}.json"
-
-
 @dataclass
 class Span:
     """Chunks [start, end) of a xorb are bytes [offset, offset + sum(lengths)) of a file."""
@@ -71,7 +67,7 @@ class ChunkIndex:
         self.records = records
 
     async def find(self, term: Term, skip: frozenset[str] = frozenset()) -> Held | None:
-        record = await self.records.get(index_key(term.xorb))
+        record = await self.records.get(keys.xorb_index_key(term.xorb))
         holders = record.get("holders") if isinstance(record, dict) else None
         for holder in holders if isinstance(holders, list) else []:
             found = _held(holder, term)
@@ -81,7 +77,7 @@ class ChunkIndex:
 
     async def add(self, etag: str, spans: list[Span]) -> None:
         for span in spans:
-            key = index_key(span.xorb)
+            key = keys.xorb_index_key(span.xorb)
             record = await self.records.get(key)
             holders = record.get("holders") if isinstance(record, dict) else None
             kept = [h for h in holders if isinstance(h, dict) and h.get("etag") != etag] if holders else []
@@ -228,5 +224,8 @@ class XetBody:
             return
         try:
             await self.source.index.add(self.entry.etag, self.spans)
+            terms = [{"xorb": span.xorb, **span.to_json(self.entry.etag)} for span in self.spans]
+            record = {"xet": self.entry.xet_hash, "size": self.entry.size, "terms": terms}
+            await self.source.index.records.put_best_effort(keys.xet_terms_key(self.entry.etag), record)
         except (HubError, StorageError) as exc:
             log.warning("could not index the Xet chunks of %s: %s", self.entry.label, exc)

@@ -87,9 +87,11 @@ class Entries:
             raise missing_entry(path, commit) from None
         entry = FileEntry(repo, commit, path, meta.etag, meta.size, meta.xet_hash)
         record = {"path": path, "etag": meta.etag, "size": meta.size}
+        await self.records.put_best_effort(key, record | ({"xet": meta.xet_hash} if meta.xet_hash else {}))
         if meta.xet_hash:
-            record["xet"] = meta.xet_hash
-        await self.records.put_best_effort(key, record)
+            # What a Xet client will ask the mirror's CAS for: this file, by its Xet hash.
+            where = {"etag": meta.etag, "size": meta.size, "commit": commit, "path": path}
+            await self.records.put_best_effort(keys.xet_file_key(repo, meta.xet_hash), where)
         self._remember((repo, commit, path), entry)
         return entry
 

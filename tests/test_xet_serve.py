@@ -1,0 +1,198 @@
+"""The mirror as its clients' Xet CAS (`hub.xet: serve`), with the real hf_xet client.
+
+hf_xet (through huggingface_hub 2.x) runs in a subprocess pointed at the mirror; the emulator is
+the upstream with its own Xet CAS. What is checked: the client takes the Xet path through the
+mirror (its CAS requests reach the mirror, never the upstream's CAS), the bytes are right, a
+second client is served from the cache alone, a gated repo keeps its per-token isolation, and
+plain HTTP clients read the same cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mirror.xet import tokens
+from testbed.hubemu import HubEmulator
+from testbed.mirror_server import MirrorThread
+from tests.support.client import run_client
+from tests.support.mirrors import start_mirror
+
+TOKEN = "hf_good"
+WEIGHTS = os.urandom(3 * 1024 * 1024)
+SMALL = os.urandom(300_000)
+FILES = {"config.json": b'{"a": 1}', "model.safetensors": WEIGHTS, "extra.bin": SMALL}
+
+DOWNLOAD = """
+import hashlib
+from pathlib import Path
+p = hf_hub_download(REPO, "model.safetensors", token=TOKEN)
+out["weights"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+snap = Path(snapshot_download(REPO, token=TOKEN))
+out["snapshot"] = {str(f.relative_to(snap)): hashlib.sha256(f.read_bytes()).hexdigest()
+                   for f in snap.rglob("*") if f.is_file()}
+"""
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def script(repo: str, token: str | None) -> str:
+    return f"REPO = {repo!r}\nTOKEN = {token!r}\n" + DOWNLOAD
+
+
+@pytest.fixture
+def serving(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:
+    hub.add_repo("model", "org/m", FILES, lfs=["model.safetensors", "extra.bin"])
+    hub.add_repo("model", "org/gated", FILES, lfs=["model.safetensors", "extra.bin"], gated="auto", tokens=(TOKEN,))
+    server = start_mirror(hub.url, tmp_path / "cache", upstream={"xet": True}, hub={"xet": "serve"})
+    yield server
+    server.stop()
+
+
+def mirror_cas_requests(mirror: MirrorThread) -> list[str]:
+    return [path for _, path in mirror.requests if path.startswith("/xet/")]
+
+
+def upstream_cas_requests(hub: HubEmulator) -> tuple[int, int]:
+    records = hub.requests
+    return (
+        sum("/v1/reconstructions/" in r.path for r in records),
+        sum(r.path.startswith("/xorbs/") for r in records),
+    )
+
+
+def test_hf_xet_downloads_through_the_mirror_as_its_cas(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path
+) -> None:
+    out = run_client(serving.url, script("org/m", None), tmp_path / "first", timeout=90)
+    assert out["weights"] == sha(WEIGHTS)
+    assert out["snapshot"] == {path: sha(data) for path, data in FILES.items()}
+    asked = mirror_cas_requests(serving)
+    assert any(p.startswith("/xet/v1/reconstructions/") for p in asked)
+    assert any(p.startswith("/xet/chunks/") for p in asked)
+    # The mirror filled from the upstream's CAS; the client never reached it.
+    reconstructions, xorbs = upstream_cas_requests(hub)
+    assert reconstructions >= 2 and xorbs >= 2
+    assert not any(r.headers.get("user-agent", "").startswith("hf_xet") for r in hub.requests)
+    serving.settle()
+    # A second client, fresh cache: served from the mirror's cache, nothing from upstream's CAS.
+    hub.clear_requests()
+    out = run_client(serving.url, script("org/m", None), tmp_path / "second", timeout=90)
+    assert out["weights"] == sha(WEIGHTS)
+    assert upstream_cas_requests(hub) == (0, 0)
+    # Plain HTTP reads the same cache.
+    parts = urlsplit(serving.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("GET", "/org/m/resolve/main/model.safetensors")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("X-Cache") == "HIT" and resp.read() == WEIGHTS
+    conn.close()
+
+
+def test_a_gated_repo_keeps_its_per_token_isolation(hub: HubEmulator, serving: MirrorThread, tmp_path: Path) -> None:
+    out = run_client(serving.url, script("org/gated", TOKEN), tmp_path / "good", timeout=90)
+    assert out["weights"] == sha(WEIGHTS)
+    serving.settle()
+    refused = """
+out["none"] = err(hf_hub_download, "org/gated", "model.safetensors")
+out["bad"] = err(hf_hub_download, "org/gated", "model.safetensors", token="hf_bad")
+"""
+    out = run_client(serving.url, refused, tmp_path / "bad", timeout=90)
+    assert out["none"] is not None and out["bad"] is not None
+    # A CAS token for one repo reads nothing of another, and a forged one reads nothing at all.
+    token_answer = _get(serving.url, "/api/models/org/m/xet-read-token/main")
+    access = json.loads(token_answer[2])["accessToken"]
+    gated_hash = (
+        hub.get_repo("model", "org/gated")
+        .commits[hub.get_repo("model", "org/gated").head()]
+        .files[  # type: ignore[union-attr]
+            "model.safetensors"
+        ]
+        .xet_hash
+    )
+    status, _, _ = _get(serving.url, f"/xet/v1/reconstructions/{gated_hash}", {"Authorization": f"Bearer {access}"})
+    assert status == 404  # not a file of org/m: nothing says whether it exists elsewhere
+    forged = access[:-4] + ("AAAA" if not access.endswith("AAAA") else "BBBB")
+    status, _, _ = _get(serving.url, f"/xet/v1/reconstructions/{gated_hash}", {"Authorization": f"Bearer {forged}"})
+    assert status == 401
+    assert _get(serving.url, "/api/models/org/gated/xet-read-token/main")[0] == 401
+
+
+def test_chunk_urls_must_be_signed(serving: MirrorThread, tmp_path: Path) -> None:
+    run_client(serving.url, script("org/m", None), tmp_path / "c", timeout=90)
+    serving.settle()
+    paths = [p for p in mirror_cas_requests(serving) if p.startswith("/xet/chunks/")]
+    assert paths
+    path, _, query = paths[0].partition("?")
+    assert _get(serving.url, path)[0] == 403
+    assert _get(serving.url, f"{path}?{query.replace('sig=', 'sig=x')}")[0] == 403
+
+
+def _get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.headers), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/xet/v1/reconstructions/" + "a" * 64, {}, 401),
+        ("GET", "/xet/v1/reconstructions/xyz", {"Authorization": "Bearer hmx1.e30.x"}, 401),
+        ("GET", "/xet/v2/reconstructions/" + "a" * 64, {}, 404),
+        ("PUT", "/xet/v1/reconstructions/" + "a" * 64, {}, 405),
+        ("GET", "/xet/chunks/" + "a" * 64 + "/0", {}, 403),
+        ("GET", "/xet/chunks/../0?expires=1&sig=x", {}, 403),
+        ("GET", "/xet/nothing", {}, 404),
+    ],
+)
+def test_bad_cas_requests(serving: MirrorThread, method: str, path: str, headers: dict[str, str], status: int) -> None:
+    parts = urlsplit(serving.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == status and resp.getheader("X-Error-Message")
+    finally:
+        conn.close()
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(token=st.text(max_size=300), path=st.text(max_size=80), expires=st.text(max_size=12), sig=st.text(max_size=50))
+def test_tokens_and_signatures_never_raise(token: str, path: str, expires: str, sig: str) -> None:
+    secret = b"s" * 32
+    assert tokens.check(secret, token) is None
+    assert tokens.path_signed(secret, path, expires, sig) is False
+    issued = tokens.issue(secret, "model", "org/m", 2**40)
+    assert tokens.check(secret, issued) == tokens.Grant("model", "org/m", 2**40)
+    assert tokens.check(b"t" * 32, issued) is None
+    assert tokens.check(secret, issued, now=2**40) is None
+
+
+def test_cached_files_are_served_over_xet_with_the_upstream_down(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path
+) -> None:
+    run_client(serving.url, script("org/m", None), tmp_path / "warm", timeout=90)
+    serving.settle()
+    hub.faults.down()
+    before = len(mirror_cas_requests(serving))
+    out = run_client(serving.url, script("org/m", None), tmp_path / "offline", timeout=90)
+    assert out["weights"] == sha(WEIGHTS)
+    assert any(p.startswith("/xet/chunks/") for p in mirror_cas_requests(serving)[before:])
