@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import lifecycle, scenarios
+from bench import lifecycle, scenarios, xet
 from bench.common import MIB, Results, Row, fmt_ratio, fmt_value
 from bench.refs import Nginx, ensure_olah
 from testbed.hubemu import HubEmulator
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[scenarios.Ctx], None]]] = {
     "7": ("snapshot_download of 200 files", scenarios.snapshot),
     "8": ("eviction bookkeeping: warm HEAD/GET, eviction on vs off", lifecycle.eviction_overhead),
     "9": ("gc and verify of 100,000 blobs: time and peak RSS", lifecycle.gc_verify_memory),
+    "10": ("hf_xet through the mirror as its CAS vs HTTP vs the upstream's CAS; 5 % revision", xet.xet_paths),
 }
 
 
