@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mirror.cache import keys
 from mirror.xet import tokens
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread
@@ -196,3 +197,14 @@ def test_cached_files_are_served_over_xet_with_the_upstream_down(
     out = run_client(serving.url, script("org/m", None), tmp_path / "offline", timeout=90)
     assert out["weights"] == sha(WEIGHTS)
     assert any(p.startswith("/xet/chunks/") for p in mirror_cas_requests(serving)[before:])
+
+
+def test_a_file_evicted_since_is_filled_again(hub: HubEmulator, serving: MirrorThread, tmp_path: Path) -> None:
+    run_client(serving.url, script("org/m", None), tmp_path / "warm", timeout=90)
+    serving.settle()
+    blob = keys.blob_key(sha(WEIGHTS))
+    serving.call(serving.storage.delete(blob))
+    hub.clear_requests()
+    out = run_client(serving.url, script("org/m", None), tmp_path / "again", timeout=90)
+    assert out["weights"] == sha(WEIGHTS)
+    assert upstream_cas_requests(hub)[1] >= 1  # its chunks came from upstream again

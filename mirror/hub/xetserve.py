@@ -119,7 +119,8 @@ async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) 
     """The file's terms as its Xet fill recorded them; the fill runs first if the file is not cached."""
     records = request.app[RECORDS]
     record = await records.get(keys.xet_terms_key(entry.etag))
-    if record is None and not await request.app[BLOBS].is_stored(entry):
+    # Not cached (never, or evicted since its split was recorded): its chunks come with a fill.
+    if not await request.app[BLOBS].is_stored(entry):
         token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
         fill = request.app[FILLER].join(entry, token)
         deadline = time.monotonic() + COLD_WAIT
