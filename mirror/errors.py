@@ -67,6 +67,20 @@ class ReadOnly(HubError):
     code = "ReadOnlyMirror"
 
 
+class Unauthorized(HubError):
+    """A credential of the mirror's own (a Xet CAS token) that is missing, altered or expired."""
+
+    status = 401
+    code = "Unauthorized"
+
+
+class Forbidden(HubError):
+    """A signed URL of the mirror's own that is not, or no longer, valid."""
+
+    status = 403
+    code = "Forbidden"
+
+
 class Unprocessable(HubError):
     """A well-formed request that asks for what cannot be done (git-lfs's 422)."""
 

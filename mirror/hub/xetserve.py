@@ -30,7 +30,7 @@ from aiohttp import web
 
 from mirror.cache import keys
 from mirror.cache.metadata.entries import FileEntry
-from mirror.errors import BadRequest, HubError, MethodNotAllowed, NotFound, UpstreamUnavailable
+from mirror.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthorized, UpstreamUnavailable
 from mirror.hub.api import mirror_origin
 from mirror.hub.appkeys import ACCESS, BLOBS, CONFIG, FILLER, POLICY, RECORDS, STORAGE, XET_SECRET, XET_TOKENS
 from mirror.hub.paths import ApiTarget
@@ -48,16 +48,6 @@ URL_TTL = 3600
 COLD_WAIT = 30.0  # seconds a reconstruction waits for the fill of a file not cached yet
 HEADER = 8
 _HASH_CHARS = frozenset("0123456789abcdef")
-
-
-class CasUnauthorized(HubError):
-    status = 401
-    code = "Unauthorized"
-
-
-class CasForbidden(HubError):
-    status = 403
-    code = "Forbidden"
 
 
 async def handle_token(request: web.Request, target: ApiTarget) -> web.Response:
@@ -98,7 +88,7 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     access = bearer_token(request.headers.get("Authorization")) or ""
     grant = tokens.check(secret, access)
     if grant is None:
-        raise CasUnauthorized("missing, expired or unknown CAS token: ask xet-read-token again")
+        raise Unauthorized("missing, expired or unknown CAS token: ask xet-read-token again")
     if not _is_hash(file_hash):
         raise BadRequest("a file is named by its 64-character Xet hash")
     repo = RepoRef(grant.repo_type, grant.repo_id)
@@ -185,7 +175,7 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
     path = f"/xet/chunks/{etag}/{index_text}"
     query = request.rel_url.query
     if not tokens.path_signed(secret, path, query.get("expires", ""), query.get("sig", "")):
-        raise CasForbidden("this chunk URL is not signed by this mirror, or has expired: ask for a new reconstruction")
+        raise Forbidden("this chunk URL is not signed by this mirror, or has expired: ask for a new reconstruction")
     record = await request.app[RECORDS].get(keys.xet_terms_key(etag)) if _is_hash(etag) else None
     terms = record.get("terms") if isinstance(record, dict) else None
     index_ok = index_text.isascii() and index_text.isdigit() and len(index_text) < 9
