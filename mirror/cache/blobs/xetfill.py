@@ -135,6 +135,21 @@ class XetBody:
     _bad_holders: set[str] = field(default_factory=set)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes in pieces of about `chunk_size`: Xet chunks are ~64 KiB, and each piece
+        costs the fill a queue hand-off and a hashing thread hop."""
+        pieces: list[bytes] = []
+        held = 0
+        async with contextlib.aclosing(self._pieces()) as source:
+            async for piece in source:
+                pieces.append(piece)
+                held += len(piece)
+                if held >= self.chunk_size:
+                    yield b"".join(pieces)
+                    pieces, held = [], 0
+        if pieces:
+            yield b"".join(pieces)
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
         entry, pos, failures = self.entry, 0, 0
         assert entry.xet_hash is not None
         while pos < entry.size:
