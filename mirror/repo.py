@@ -65,6 +65,7 @@ class FileAt(Protocol):
     def label(self) -> str: ...
 
 
+# 64 lowercase hex digits: an LFS oid (sha256), and also the form of every Xet hash (file, xorb).
 OID_RE = re.compile(r"[0-9a-f]{64}")
 
 

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
@@ -45,13 +44,12 @@ from mirror.errors import (
     UpstreamUnavailable,
 )
 from mirror.metrics import LogLimit, Metrics, observe_upstream
-from mirror.repo import Fetchable, LfsObject, RepoRef
+from mirror.repo import OID_RE, Fetchable, LfsObject, RepoRef
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 LFS_BATCH_PATH = "info/lfs/objects/batch"
-_XET_HASH = re.compile(r"[0-9a-f]{64}")
 LFS_TYPE = "application/vnd.git-lfs+json"
 # An answer for git-lfs's 100 objects is ~60 KiB (signed hrefs); this bounds what one may hold.
 MAX_LFS_ANSWER = 4 * 1024 * 1024
@@ -481,7 +479,7 @@ class Upstream:
             size = int(size_header)
         except ValueError:
             raise UpstreamError(f"upstream size {size_header!r} is not a number", status=502) from None
-        if not _XET_HASH.fullmatch(xet_hash):
+        if not OID_RE.fullmatch(xet_hash):
             xet_hash = ""  # absent or not a hash: the file is fetched over HTTP
         return FileMeta(etag=etag, size=size, xet_hash=xet_hash or None)
 
@@ -614,7 +612,7 @@ class Upstream:
                 )  # fmt: skip
         except UpstreamUnavailable as exc:
             raise RetryableBodyError(str(exc)) from exc
-        if resp.status == 200 or (resp.status == 206 and _range_start(resp) == offset):
+        if resp.status == 200 or (resp.status == 206 and range_start(resp) == offset):
             return resp
         try:
             if resp.status in (403, 404, 410) and origin_of(str(resp.url)) != self.origin:
@@ -691,7 +689,7 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+def range_start(resp: aiohttp.ClientResponse) -> int | None:
     value = resp.headers.get("Content-Range", "")
     try:
         unit, rest = value.split(" ", 1)

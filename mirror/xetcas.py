@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ import aiohttp
 from cachetools import TTLCache
 
 from mirror.errors import UpstreamError, UpstreamUnavailable
-from mirror.repo import RepoRef
+from mirror.repo import OID_RE, RepoRef
 from mirror.tokens import fingerprint
-from mirror.upstream import Upstream, batched, error_from_response, unreachable_reason
+from mirror.upstream import Upstream, batched, error_from_response, range_start, unreachable_reason
 
 log = logging.getLogger(__name__)
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 # A xorb holds at most 64 MiB of chunks (spec/xorb.md), each with an 8-byte header.
 MAX_XORB_BYTES = 64 * 1024 * 1024 + 8 * 8192
 # Tokens are refreshed this long before they expire, as huggingface_hub does.
@@ -98,9 +96,8 @@ class Reconstruction:
 
 
 class XetCas:
-    def __init__(self, upstream: Upstream, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
-        self.session = session or upstream.session
         # (repo, token fingerprint) -> access; bounded, and each entry dropped before its token expires.
         self._access: TTLCache[tuple[RepoRef, str], CasAccess] = TTLCache(maxsize=4096, ttl=3600)
 
@@ -120,7 +117,7 @@ class XetCas:
         self, repo: RepoRef, revision: str, file_hash: str, token: str | None, byte_range: tuple[int, int] | None = None
     ) -> Reconstruction:
         """The terms rebuilding the file (or bytes [first, last] of it, inclusive); a refused token is renewed once."""
-        if not _HASH.fullmatch(file_hash):
+        if not OID_RE.fullmatch(file_hash):
             raise UpstreamError(f"{file_hash[:80]!r} is not a Xet file hash", status=502)
         for attempt in range(2):
             cas = await self.access(repo, revision, token, fresh=attempt > 0)
@@ -155,7 +152,7 @@ class XetCas:
         async with resp:
             if resp.status in (401, 403, 404, 410):
                 raise XorbUrlRefused(f"CAS answered {resp.status} for a xorb range")
-            if resp.status != 206 or _range_start(resp) != fetch.first:
+            if resp.status != 206 or range_start(resp) != fetch.first:
                 raise UpstreamUnavailable(f"CAS answered {resp.status} for a xorb range, not the signed range")
             got = 0
             try:
@@ -204,7 +201,7 @@ def parse_reconstruction(body: bytes) -> Reconstruction:
     terms = tuple(_term(t) for t in raw_terms)
     fetches: dict[str, tuple[XorbFetch, ...]] = {}
     for xorb, entries in raw_fetches.items():
-        if not _HASH.fullmatch(str(xorb)) or not isinstance(entries, list):
+        if not OID_RE.fullmatch(str(xorb)) or not isinstance(entries, list):
             raise UpstreamError("the CAS reconstruction names a xorb that is not a hash", status=502)
         fetches[xorb] = tuple(_fetch(xorb, e) for e in entries)
     found = Reconstruction(int(offset), terms, fetches)
@@ -220,7 +217,8 @@ def _term(item: Any) -> Term:
     if not isinstance(span, dict):
         raise UpstreamError("a CAS reconstruction term is malformed", status=502)
     xorb, start, end, length = item.get("hash"), span.get("start"), span.get("end"), item.get("unpacked_length")
-    if not isinstance(xorb, str) or not _HASH.fullmatch(xorb) or not (_count(start) and _count(end) and _count(length)):
+    counts = _count(start) and _count(end) and _count(length)
+    if not isinstance(xorb, str) or not OID_RE.fullmatch(xorb) or not counts:
         raise UpstreamError("a CAS reconstruction term is malformed", status=502)
     if not start < end or length <= 0:
         raise UpstreamError("a CAS reconstruction term has an empty range", status=502)
@@ -243,10 +241,3 @@ def _fetch(xorb: str, item: Any) -> XorbFetch:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _range_start(resp: aiohttp.ClientResponse) -> int | None:
-    value = resp.headers.get("Content-Range", "")
-    unit, _, rest = value.partition(" ")
-    start = rest.split("-", 1)[0]
-    return int(start) if unit == "bytes" and start.isdigit() else None

@@ -32,13 +32,13 @@ from mirror.hub.paths import LFS_OBJECT, GitTarget
 from mirror.hub.resolve import cut
 from mirror.metrics import current_stats
 from mirror.tokens import BASIC_REALM, git_token
+from mirror.upstream import LFS_BATCH_PATH as LFS_BATCH
+from mirror.upstream import LFS_TYPE
 
 log = logging.getLogger(__name__)
 
 UPLOAD_PACK = "git-upload-pack"
 RECEIVE_PACK = "git-receive-pack"
-LFS_BATCH = "info/lfs/objects/batch"
-LFS_TYPE = "application/vnd.git-lfs+json"
 CHUNK = 64 * 1024
 METHODS = {"info/refs": ("GET",), UPLOAD_PACK: ("POST",)}
 # What git sends that the upstream needs. The server hands request bodies over as they came on the

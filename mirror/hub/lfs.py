@@ -133,4 +133,4 @@ def _object_base(request: web.Request, target: GitTarget) -> str:
     """The absolute URL of the repo's object route (git-lfs needs absolute hrefs): `server.public_url`
     behind a load balancer, else the Host the client called the mirror by."""
     repo = target.repo
-    return f"{mirror_origin(request).rstrip('/')}/{repo.url_prefix}{repo.repo_id}.git/{LFS_OBJECT}"
+    return f"{mirror_origin(request)}/{repo.url_prefix}{repo.repo_id}.git/{LFS_OBJECT}"

@@ -37,7 +37,7 @@ from mirror.hub.paths import ApiTarget
 from mirror.hub.ranges import parse_range
 from mirror.hub.resolve import cut
 from mirror.metrics import current_stats
-from mirror.repo import RepoRef
+from mirror.repo import OID_RE, RepoRef
 from mirror.tokens import bearer_token
 from mirror.xet import tokens
 
@@ -47,7 +47,6 @@ TOKEN_TTL = 900  # seconds, like the Hub's CAS tokens; hf_xet refreshes through 
 URL_TTL = 3600
 COLD_WAIT = 30.0  # seconds a reconstruction waits for the fill of a file not cached yet
 HEADER = 8
-_HASH_CHARS = frozenset("0123456789abcdef")
 
 
 async def handle_token(request: web.Request, target: ApiTarget) -> web.Response:
@@ -89,7 +88,7 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     grant = tokens.check(secret, access)
     if grant is None:
         raise Unauthorized("missing, expired or unknown CAS token: ask xet-read-token again")
-    if not _is_hash(file_hash):
+    if not OID_RE.fullmatch(file_hash):
         raise BadRequest("a file is named by its 64-character Xet hash")
     repo = RepoRef(grant.repo_type, grant.repo_id)
     where = await request.app[RECORDS].get(keys.xet_file_key(repo, file_hash))
@@ -97,7 +96,7 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
         raise NotFound(f"no file with Xet hash {file_hash} is known in {repo.repo_id}: resolve it first")
     entry = FileEntry(repo, where["commit"], where["path"], where["etag"], where["size"], file_hash)
     terms = await _terms(request, entry, request.app[XET_TOKENS].get(access))
-    span = _byte_range(request.headers.get("Range"), entry.size)
+    span = parse_range(request.headers.get("Range"), entry.size) or (0, entry.size)
     body = _reconstruction_json(request, secret, entry, terms, span)
     stats = current_stats()
     if stats is not None:
@@ -108,7 +107,6 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
 async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> list[dict[str, Any]]:
     """The file's terms as its Xet fill recorded them; the fill runs first if the file is not cached."""
     records = request.app[RECORDS]
-    record = await records.get(keys.xet_terms_key(entry.etag))
     # Not cached (never, or evicted since its split was recorded): its chunks come with a fill.
     if not await request.app[BLOBS].is_stored(entry):
         token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
@@ -122,18 +120,11 @@ async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) 
             )
         if fill.error is not None and not fill.verified:
             raise fill.error
-        record = await records.get(keys.xet_terms_key(entry.etag))
+    record = await records.get(keys.xet_terms_key(entry.etag))
     terms = record.get("terms") if isinstance(record, dict) else None
     if not isinstance(terms, list) or not terms:
         raise NotFound(f"{entry.label} is cached without its Xet chunks: download it over HTTP")
     return terms
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int]:
-    if header is None:
-        return 0, size
-    span = parse_range(header, size)
-    return span if span is not None else (0, size)
 
 
 def _reconstruction_json(
@@ -154,19 +145,14 @@ def _reconstruction_json(
         if not out_terms:
             offset_into_first = start - first
         chunk_range = {"start": term["start"], "end": term["end"]}
-        out_terms.append({"hash": _xorb(term), "unpacked_length": length, "range": chunk_range})
+        out_terms.append({"hash": term["xorb"], "unpacked_length": length, "range": chunk_range})
         path = f"/xet/chunks/{entry.etag}/{index}"
         url = f"{origin}{path}?expires={expires}&sig={tokens.sign_path(secret, path, expires)}"
         encoded = HEADER * len(term["lengths"]) + length
-        entries = fetch_info.setdefault(_xorb(term), [])
+        entries = fetch_info.setdefault(term["xorb"], [])
         if not any(e["range"] == chunk_range for e in entries):
             entries.append({"range": chunk_range, "url": url, "url_range": {"start": 0, "end": encoded - 1}})
     return {"offset_into_first_range": offset_into_first, "terms": out_terms, "fetch_info": fetch_info}
-
-
-def _xorb(term: dict[str, Any]) -> str:
-    # Terms recorded by xetfill: the xorb is the record's key in the chunk index, kept with each span.
-    return str(term["xorb"])
 
 
 async def _chunks(request: web.Request, etag: str, index_text: str) -> web.StreamResponse:
@@ -176,7 +162,7 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
     query = request.rel_url.query
     if not tokens.path_signed(secret, path, query.get("expires", ""), query.get("sig", "")):
         raise Forbidden("this chunk URL is not signed by this mirror, or has expired: ask for a new reconstruction")
-    record = await request.app[RECORDS].get(keys.xet_terms_key(etag)) if _is_hash(etag) else None
+    record = await request.app[RECORDS].get(keys.xet_terms_key(etag)) if OID_RE.fullmatch(etag) else None
     terms = record.get("terms") if isinstance(record, dict) else None
     index_ok = index_text.isascii() and index_text.isdigit() and len(index_text) < 9
     if not isinstance(terms, list) or not index_ok or int(index_text) >= len(terms):
@@ -254,7 +240,3 @@ async def _sliced(pieces: AsyncIterator[bytes], start: int, end: int) -> AsyncIt
             yield piece[lo:hi]
         if pos >= end:
             return
-
-
-def _is_hash(value: str) -> bool:
-    return len(value) == 64 and set(value) <= _HASH_CHARS
