@@ -430,3 +430,11 @@ def test_a_repo_the_allow_list_refuses_cannot_be_cloned(
         assert repos.count() == 0
     finally:
         server.stop()
+
+
+def test_object_downloads_count_as_cache_hits_and_misses(repos: HubEmulator, mirror: MirrorThread) -> None:
+    _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(B), len(B))])
+    for _ in range(2):
+        assert get(mirror.url, href_path(answer))[2] == B
+    assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="miss") == 1
+    assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="hit") == 1

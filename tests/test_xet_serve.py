@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +209,23 @@ def test_a_file_evicted_since_is_filled_again(hub: HubEmulator, serving: MirrorT
     out = run_client(serving.url, script("org/m", None), tmp_path / "again", timeout=90)
     assert out["weights"] == sha(WEIGHTS)
     assert upstream_cas_requests(hub)[1] >= 1  # its chunks came from upstream again
+
+
+def test_the_access_log_says_whether_a_reconstruction_needed_a_fill(
+    serving: MirrorThread, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    parts = urlsplit(serving.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("HEAD", "/org/m/resolve/main/model.safetensors")
+    xet_hash = conn.getresponse().getheader("X-Xet-Hash")
+    conn.close()
+    head = _get(serving.url, "/api/models/org/m/xet-read-token/main")
+    token = json.loads(head[2])["accessToken"]
+    path = f"/xet/v1/reconstructions/{xet_hash}"
+    for _ in range(2):
+        assert _get(serving.url, path, {"Authorization": f"Bearer {token}"})[0] == 200
+    lines = [r.getMessage() for r in caplog.records if "/xet/v1/reconstructions/" in r.getMessage()]
+    assert [line.split("cache=")[1].split()[0] for line in lines] == ["miss", "hit"]
+    assert serving.metric("hub_mirror_cache_lookups_total", kind="metadata", result="miss") >= 1
+    assert serving.metric("hub_mirror_requests_total", route="xet_reconstruction") == 2

@@ -22,6 +22,10 @@ REPO_TYPE = web.RequestKey("repo_type", str)
 OPS_ROUTES = {"/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
 # git's smart HTTP and git-lfs, passed through to upstream (hub/git.py): endpoint -> route kind.
 # A push (`info/refs?service=git-receive-pack` too) is refused and counted as git_receive_pack.
+# Routes whose GETs send blob bytes from the cache (or its fill); their HEADs, the API and a Xet
+# reconstruction (a miss when the file had to be filled first) are metadata lookups.
+BLOB_ROUTES = frozenset({"resolve", "git_lfs_object", "xet_chunks"})
+CACHED_ROUTES = BLOB_ROUTES | {"xet_reconstruction"}
 GIT_ROUTES = {
     "info/refs": "git_refs",
     "git-upload-pack": "git_upload_pack",
@@ -64,8 +68,8 @@ def _record(request: web.Request, stats: RequestStats, status: int, duration: fl
     ).inc()
     metrics.request_duration.labels(route).observe(duration)
     cache = None
-    if status < 400 and (route == "resolve" or route.startswith("api_")):
-        kind = "blob" if route == "resolve" and request.method == "GET" else "metadata"
+    if status < 400 and (route in CACHED_ROUTES or route.startswith("api_")):
+        kind = "blob" if route in BLOB_ROUTES and request.method == "GET" else "metadata"
         cache = stats.cache_result()
         metrics.cache_lookups.labels(kind, cache).inc()
     access_log.info(

@@ -33,6 +33,7 @@ from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthorized, UpstreamUnavailable
 from mirror.hub.api import mirror_origin
 from mirror.hub.appkeys import ACCESS, BLOBS, CONFIG, FILLER, POLICY, RECORDS, STORAGE, XET_SECRET, XET_TOKENS
+from mirror.hub.observe import ROUTE
 from mirror.hub.paths import ApiTarget
 from mirror.hub.ranges import parse_range
 from mirror.hub.resolve import cut
@@ -76,8 +77,10 @@ async def handle_cas(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(request.method, ("GET", "HEAD"))
     if len(parts) == 3 and parts[0] == "v1" and parts[1] == "reconstructions":
+        request[ROUTE] = "xet_reconstruction"
         return await _reconstruction(request, parts[2])
     if len(parts) == 3 and parts[0] == "chunks":
+        request[ROUTE] = "xet_chunks"
         return await _chunks(request, parts[1], parts[2])
     raise NotFound(f"no CAS route {request.rel_url.raw_path[:200]}")
 
@@ -95,20 +98,21 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     if not isinstance(where, dict) or not all(k in where for k in ("etag", "size", "commit", "path")):
         raise NotFound(f"no file with Xet hash {file_hash} is known in {repo.repo_id}: resolve it first")
     entry = FileEntry(repo, where["commit"], where["path"], where["etag"], where["size"], file_hash)
-    terms = await _terms(request, entry, request.app[XET_TOKENS].get(access))
+    terms, filled = await _terms(request, entry, request.app[XET_TOKENS].get(access))
     span = parse_range(request.headers.get("Range"), entry.size) or (0, entry.size)
     body = _reconstruction_json(request, secret, entry, terms, span)
     stats = current_stats()
     if stats is not None:
-        stats.cache = "hit"
+        stats.cache = "miss" if filled else "hit"
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> list[dict[str, Any]]:
-    """The file's terms as its Xet fill recorded them; the fill runs first if the file is not cached."""
+async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """The file's terms as its Xet fill recorded them, and whether the file had to be filled first."""
     records = request.app[RECORDS]
     # Not cached (never, or evicted since its split was recorded): its chunks come with a fill.
-    if not await request.app[BLOBS].is_stored(entry):
+    filled = not await request.app[BLOBS].is_stored(entry)
+    if filled:
         token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
         fill = request.app[FILLER].join(entry, token)
         deadline = time.monotonic() + COLD_WAIT
@@ -124,7 +128,7 @@ async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) 
     terms = record.get("terms") if isinstance(record, dict) else None
     if not isinstance(terms, list) or not terms:
         raise NotFound(f"{entry.label} is cached without its Xet chunks: download it over HTTP")
-    return terms
+    return terms, filled
 
 
 def _reconstruction_json(
