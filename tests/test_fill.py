@@ -20,18 +20,10 @@ from mirror.storage.local import LocalWriter
 from testbed.hubemu import HubEmulator, sha256_hex
 from testbed.mirror_server import MirrorProcess, MirrorThread
 from tests.support.client import run_client
+from tests.support.http import fetch
 from tests.support.mirrors import start_mirror
 
 BIG = os.urandom(3 * 1024 * 1024 + 123)
-
-
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def blob_published(mirror: MirrorThread, data: bytes) -> bool:

@@ -37,9 +37,9 @@ from tests.support.git import (
     head,
     run,
     sealed_git_env,
-    send,
     with_token,
 )
+from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
 TOKEN = "hf_good"

@@ -37,9 +37,9 @@ from tests.support.git import (
     lfs_batch,
     run,
     sealed_git_env,
-    send,
     with_token,
 )
+from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
 TOKEN = "hf_good"
@@ -69,10 +69,6 @@ def href_path(answer: dict, index: int = 0) -> str:
     return urlsplit(answer["objects"][index]["actions"]["download"]["href"]).path
 
 
-def get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    return send(base, "GET", path, headers)
-
-
 # -- the batch API and the object route ------------------------------------------------------------
 
 
@@ -89,28 +85,28 @@ def test_batch_answers_point_at_the_mirror_and_objects_come_from_the_cache(
         assert item["actions"]["download"]["href"] == f"{mirror.url}/org/m.git/info/lfs/objects/{oid(data)}"
     assert cdn_gets(repos) == 0  # the batch moves no LFS byte
     for index, data in enumerate((A, B)):
-        status, headers, body = get(mirror.url, href_path(answer, index))
+        status, headers, body = send(mirror.url, "GET", href_path(answer, index))
         assert status == 200 and body == data
         assert headers["ETag"] == f'"{oid(data)}"' and headers["X-Cache"] == "MISS"
     assert cdn_gets(repos) == 2
     # Again: from the cache, and the upstream is not asked whether they belong to the repo.
     repos.clear_requests()
     _, _, again = lfs_batch(mirror.url, "org/m", [(oid(A), len(A))])
-    status, headers, body = get(mirror.url, href_path(again))
+    status, headers, body = send(mirror.url, "GET", href_path(again))
     assert status == 200 and body == A and headers["X-Cache"] == "HIT"
     assert repos.count() == 0
     # The same blob serves the resolve of the file.
-    status, headers, body = get(mirror.url, "/org/m/resolve/main/a.bin")
+    status, headers, body = send(mirror.url, "GET", "/org/m/resolve/main/a.bin")
     assert status == 200 and body == A and headers["X-Cache"] == "HIT" and cdn_gets(repos) == 0
     assert metric(mirror.url, "hub_mirror_requests_total", route="git_lfs_batch") >= 2
     assert metric(mirror.url, "hub_mirror_requests_total", route="git_lfs_object") >= 3
 
 
 def test_files_downloaded_by_resolve_are_a_clones_lfs_cache(repos: HubEmulator, mirror: MirrorThread) -> None:
-    assert get(mirror.url, "/org/m/resolve/main/a.bin")[2] == A
+    assert send(mirror.url, "GET", "/org/m/resolve/main/a.bin")[2] == A
     before = cdn_gets(repos)
     _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(A), len(A))])
-    status, headers, body = get(mirror.url, href_path(answer))
+    status, headers, body = send(mirror.url, "GET", href_path(answer))
     assert status == 200 and body == A and headers["X-Cache"] == "HIT"
     assert cdn_gets(repos) == before
 
@@ -125,10 +121,10 @@ def test_objects_the_repo_does_not_have_are_refused_per_object(repos: HubEmulato
     # the one object that is the repo's is answered.
     assert errors == {oid(stranger): 404, oid(DATA): 404, oid(A): 422, oid(B): None, "XYZ": 422}
     # An object never confirmed for the repo is not served by its route, though the blob may be cached.
-    assert get(mirror.url, f"/datasets/org/d.git/info/lfs/objects/{oid(DATA)}")[0] == 404
-    status, _, body = get(mirror.url, f"/org/m.git/info/lfs/objects/{oid(DATA)}")
+    assert send(mirror.url, "GET", f"/datasets/org/d.git/info/lfs/objects/{oid(DATA)}")[0] == 404
+    status, _, body = send(mirror.url, "GET", f"/org/m.git/info/lfs/objects/{oid(DATA)}")
     assert status == 404 and "batch" in json.loads(body)["message"]
-    assert get(mirror.url, "/org/m.git/info/lfs/objects/" + "A" * 64)[0] == 400
+    assert send(mirror.url, "GET", "/org/m.git/info/lfs/objects/" + "A" * 64)[0] == 400
 
 
 @pytest.mark.parametrize(
@@ -169,10 +165,10 @@ def test_the_object_route_only_reads(repos: HubEmulator, mirror: MirrorThread, m
 def test_ranges_of_an_object_while_it_fills_and_after(repos: HubEmulator, mirror: MirrorThread) -> None:
     _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(A), len(A))])
     path = href_path(answer)
-    status, headers, body = get(mirror.url, path, {"Range": "bytes=1000-1999"})
+    status, headers, body = send(mirror.url, "GET", path, {"Range": "bytes=1000-1999"})
     assert status == 206 and body == A[1000:2000] and headers["Content-Range"] == f"bytes 1000-1999/{len(A)}"
     mirror.settle()
-    status, headers, body = get(mirror.url, path, {"Range": "bytes=-10"})
+    status, headers, body = send(mirror.url, "GET", path, {"Range": "bytes=-10"})
     assert status == 206 and body == A[-10:] and headers["X-Cache"] == "HIT"
     status, headers, body = send(mirror.url, "HEAD", path)
     assert status == 200 and headers["Content-Length"] == str(len(A)) and body == b""
@@ -185,7 +181,7 @@ def test_concurrent_downloads_of_one_object_make_one_upstream_fetch(repos: HubEm
     bodies: list[bytes] = []
 
     def fetch() -> None:
-        bodies.append(get(mirror.url, path)[2])
+        bodies.append(send(mirror.url, "GET", path)[2])
 
     threads = [threading.Thread(target=fetch) for _ in range(6)]
     for thread in threads:
@@ -201,7 +197,7 @@ def test_a_fill_resumes_with_a_fresh_href_after_drops_and_expiry(repos: HubEmula
     repos.clear_requests()
     repos.faults.drop_after(100_000, origin="cdn", times=2)
     repos.faults.expire_signed_urls()  # hrefs the upstream gave before now are refused
-    status, _, body = get(mirror.url, href_path(answer))
+    status, _, body = send(mirror.url, "GET", href_path(answer))
     assert status == 200 and body == A
     # One batch per attempt: each attempt asks the upstream for a fresh signed href.
     assert repos.count(method="POST", path_contains="/info/lfs/objects/batch") == 3
@@ -212,13 +208,13 @@ def test_corrupt_upstream_bytes_are_never_served_whole_nor_kept(repos: HubEmulat
     _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(B), len(B))])
     repos.faults.corrupt(origin="cdn", offset=100, times=1)
     try:
-        status, _, body = get(mirror.url, href_path(answer))
+        status, _, body = send(mirror.url, "GET", href_path(answer))
     except (ConnectionError, http.client.HTTPException):  # cut before its last byte
         status, body = 0, b""
     assert body != B  # cut (or refused) before its last byte: the client has no complete wrong copy
     mirror.settle()
     assert mirror.call(mirror.storage.stat(keys.blob_key(oid(B)))) is None
-    status, _, body = get(mirror.url, href_path(answer))
+    status, _, body = send(mirror.url, "GET", href_path(answer))
     assert status == 200 and body == B
 
 
@@ -237,14 +233,14 @@ def test_gated_objects_need_the_token_on_both_routes(repos: HubEmulator, mirror:
     download = answer["objects"][0]["actions"]["download"]
     assert download["header"] == credentials  # git-lfs sends them with the download
     path = urlsplit(download["href"]).path
-    status, headers, _ = get(mirror.url, path)
+    status, headers, _ = send(mirror.url, "GET", path)
     assert status == 401 and headers["WWW-Authenticate"].startswith("Basic realm=")
-    assert get(mirror.url, path, {"Authorization": basic("u", "hf_wrong")})[0] in (401, 403)
-    status, _, body = get(mirror.url, path, credentials)
+    assert send(mirror.url, "GET", path, {"Authorization": basic("u", "hf_wrong")})[0] in (401, 403)
+    status, _, body = send(mirror.url, "GET", path, credentials)
     assert status == 200 and body == GATED
     # Once cached too, the object is not served without the token.
-    assert get(mirror.url, path)[0] == 401
-    assert get(mirror.url, path, {"Authorization": f"Bearer {TOKEN}"})[2] == GATED
+    assert send(mirror.url, "GET", path)[0] == 401
+    assert send(mirror.url, "GET", path, {"Authorization": f"Bearer {TOKEN}"})[2] == GATED
 
 
 def test_the_allow_list_refuses_lfs_as_it_refuses_resolve(repos: HubEmulator, tmp_path: Path) -> None:
@@ -252,11 +248,11 @@ def test_the_allow_list_refuses_lfs_as_it_refuses_resolve(repos: HubEmulator, tm
     try:
         repos.clear_requests()
         status, headers, answer = lfs_batch(server.url, "org/m", [(oid(A), len(A))])
-        resolve_status, resolve_headers, _ = get(server.url, "/org/m/resolve/main/a.bin")
+        resolve_status, resolve_headers, _ = send(server.url, "GET", "/org/m/resolve/main/a.bin")
         assert status == resolve_status == 404
         assert headers["X-Error-Code"] == resolve_headers["X-Error-Code"] == "RepoNotFound"
         assert answer["message"] == resolve_headers["X-Error-Message"]
-        object_status, object_headers, _ = get(server.url, f"/org/m.git/info/lfs/objects/{oid(A)}")
+        object_status, object_headers, _ = send(server.url, "GET", f"/org/m.git/info/lfs/objects/{oid(A)}")
         assert object_status == 404 and object_headers["X-Error-Message"] == resolve_headers["X-Error-Message"]
         assert repos.count() == 0
     finally:
@@ -268,19 +264,19 @@ def test_the_allow_list_refuses_lfs_as_it_refuses_resolve(repos: HubEmulator, tm
 
 def test_cached_objects_are_served_with_the_upstream_down(repos: HubEmulator, mirror: MirrorThread) -> None:
     _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(A), len(A))])
-    assert get(mirror.url, href_path(answer))[2] == A
-    assert get(mirror.url, "/datasets/org/d/resolve/main/d.bin")[2] == DATA  # cached by resolve only
+    assert send(mirror.url, "GET", href_path(answer))[2] == A
+    assert send(mirror.url, "GET", "/datasets/org/d/resolve/main/d.bin")[2] == DATA  # cached by resolve only
     mirror.settle()
     repos.faults.down()
     status, _, answer = lfs_batch(mirror.url, "org/m", [(oid(A), len(A)), (oid(B), len(B))])
     assert status == 200
     a, b = answer["objects"]
-    assert get(mirror.url, urlsplit(a["actions"]["download"]["href"]).path)[2] == A
+    assert send(mirror.url, "GET", urlsplit(a["actions"]["download"]["href"]).path)[2] == A
     # B was never fetched: it cannot be confirmed nor served, and says so.
     assert b["error"]["code"] == 503 and "upstream" in b["error"]["message"]
     # A file the mirror resolved is the repo's object, though git-lfs never asked for it before.
     _, _, answer = lfs_batch(mirror.url, "datasets/org/d", [(oid(DATA), len(DATA))])
-    status, _, body = get(mirror.url, href_path(answer))
+    status, _, body = send(mirror.url, "GET", href_path(answer))
     assert status == 200 and body == DATA
 
 
@@ -291,7 +287,7 @@ def test_gc_keeps_the_blobs_of_lfs_objects_and_a_purge_forgets_them(repos: HubEm
     server = start_mirror(repos.url, tmp_path / "cache", admin={"token": "admin-secret"})
     try:
         _, _, answer = lfs_batch(server.url, "org/m", [(oid(A), len(A))])
-        assert get(server.url, href_path(answer))[2] == A
+        assert send(server.url, "GET", href_path(answer))[2] == A
         server.settle()
         storage, blob = server.storage, keys.blob_key(oid(A))
         assert blob in server.call(referenced_blobs(storage))
@@ -305,7 +301,7 @@ def test_gc_keeps_the_blobs_of_lfs_objects_and_a_purge_forgets_them(repos: HubEm
         assert status == 204, body
         repos.clear_requests()
         # Forgotten: the object route no longer serves it, and a batch asks the upstream again.
-        assert get(server.url, href_path(answer))[0] == 404
+        assert send(server.url, "GET", href_path(answer))[0] == 404
         lfs_batch(server.url, "org/m", [(oid(A), len(A))])
         assert repos.count(method="POST", path_contains="/info/lfs/objects/batch") == 1
     finally:
@@ -408,7 +404,7 @@ def test_with_the_upstream_down_cached_lfs_objects_still_pull_and_clones_fail_cl
     dest = tmp_path / "m"
     assert clone(f"{mirror.url}/org/m", dest, {**lfs_env, "GIT_LFS_SKIP_SMUDGE": "1"}).returncode == 0
     for name in ("a.bin", "b.bin"):
-        assert get(mirror.url, f"/org/m/resolve/main/{name}")[0] == 200  # cached the way hf download does
+        assert send(mirror.url, "GET", f"/org/m/resolve/main/{name}")[0] == 200  # cached the way hf download does
     mirror.settle()
     repos.faults.down()
     started = time.monotonic()
@@ -435,6 +431,6 @@ def test_a_repo_the_allow_list_refuses_cannot_be_cloned(
 def test_object_downloads_count_as_cache_hits_and_misses(repos: HubEmulator, mirror: MirrorThread) -> None:
     _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(B), len(B))])
     for _ in range(2):
-        assert get(mirror.url, href_path(answer))[2] == B
+        assert send(mirror.url, "GET", href_path(answer))[2] == B
     assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="miss") == 1
     assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="hit") == 1

@@ -31,20 +31,12 @@ from mirror.repo import RepoRef
 from mirror.storage import LocalStorage
 from testbed.hubemu import HubEmulator, sha256_hex
 from testbed.mirror_server import MirrorThread
+from tests.support.http import fetch
 from tests.support.mirrors import start_mirror
 
 MIB = 1024 * 1024
 FILES = {f"w{i}.safetensors": os.urandom(MIB + i) for i in range(4)}
 ADMIN = "admin-secret-token"
-
-
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def admin(mirror: MirrorThread, path: str) -> Any:

@@ -11,7 +11,6 @@ import http.client
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,6 +19,7 @@ from mirror.hub.appkeys import RECORDS
 from mirror.repo import RepoRef
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread
+from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
 SIZE = 2 * 1024 * 1024
@@ -34,16 +34,11 @@ def xet_mirror(hub: HubEmulator, tmp_path: Path) -> Iterator[MirrorThread]:
 
 
 def get(base: str, path: str) -> tuple[int, bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
+        status, _, body = send(base, "GET", path)
     except (ConnectionError, http.client.HTTPException):
         return 0, b""  # cut: the mirror could not vouch for the last byte
-    finally:
-        conn.close()
+    return status, body
 
 
 def xet_bytes(mirror: MirrorThread, source: str) -> float:

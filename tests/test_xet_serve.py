@@ -10,13 +10,11 @@ plain HTTP clients read the same cache.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +25,7 @@ from mirror.xet import tokens
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread
 from tests.support.client import run_client
+from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
 TOKEN = "hf_good"
@@ -94,12 +93,8 @@ def test_hf_xet_downloads_through_the_mirror_as_its_cas(
     assert out["weights"] == sha(WEIGHTS)
     assert upstream_cas_requests(hub) == (0, 0)
     # Plain HTTP reads the same cache.
-    parts = urlsplit(serving.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    conn.request("GET", "/org/m/resolve/main/model.safetensors")
-    resp = conn.getresponse()
-    assert resp.status == 200 and resp.getheader("X-Cache") == "HIT" and resp.read() == WEIGHTS
-    conn.close()
+    status, headers, body = send(serving.url, "GET", "/org/m/resolve/main/model.safetensors")
+    assert status == 200 and headers["X-Cache"] == "HIT" and body == WEIGHTS
 
 
 def test_a_gated_repo_keeps_its_per_token_isolation(hub: HubEmulator, serving: MirrorThread, tmp_path: Path) -> None:
@@ -113,22 +108,17 @@ out["bad"] = err(hf_hub_download, "org/gated", "model.safetensors", token="hf_ba
     out = run_client(serving.url, refused, tmp_path / "bad", timeout=90)
     assert out["none"] is not None and out["bad"] is not None
     # A CAS token for one repo reads nothing of another, and a forged one reads nothing at all.
-    token_answer = _get(serving.url, "/api/models/org/m/xet-read-token/main")
+    token_answer = send(serving.url, "GET", "/api/models/org/m/xet-read-token/main")
     access = json.loads(token_answer[2])["accessToken"]
-    gated_hash = (
-        hub.get_repo("model", "org/gated")
-        .commits[hub.get_repo("model", "org/gated").head()]
-        .files[  # type: ignore[union-attr]
-            "model.safetensors"
-        ]
-        .xet_hash
-    )
-    status, _, _ = _get(serving.url, f"/xet/v1/reconstructions/{gated_hash}", {"Authorization": f"Bearer {access}"})
+    gated = hub.get_repo("model", "org/gated")
+    assert gated is not None
+    reconstruction = f"/xet/v1/reconstructions/{gated.commits[gated.head()].files['model.safetensors'].xet_hash}"
+    status, _, _ = send(serving.url, "GET", reconstruction, {"Authorization": f"Bearer {access}"})
     assert status == 404  # not a file of org/m: nothing says whether it exists elsewhere
     forged = access[:-4] + ("AAAA" if not access.endswith("AAAA") else "BBBB")
-    status, _, _ = _get(serving.url, f"/xet/v1/reconstructions/{gated_hash}", {"Authorization": f"Bearer {forged}"})
+    status, _, _ = send(serving.url, "GET", reconstruction, {"Authorization": f"Bearer {forged}"})
     assert status == 401
-    assert _get(serving.url, "/api/models/org/gated/xet-read-token/main")[0] == 401
+    assert send(serving.url, "GET", "/api/models/org/gated/xet-read-token/main")[0] == 401
 
 
 def test_chunk_urls_must_be_signed(serving: MirrorThread, tmp_path: Path) -> None:
@@ -137,19 +127,8 @@ def test_chunk_urls_must_be_signed(serving: MirrorThread, tmp_path: Path) -> Non
     paths = [p for p in mirror_cas_requests(serving) if p.startswith("/xet/chunks/")]
     assert paths
     path, _, query = paths[0].partition("?")
-    assert _get(serving.url, path)[0] == 403
-    assert _get(serving.url, f"{path}?{query.replace('sig=', 'sig=x')}")[0] == 403
-
-
-def _get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.headers), resp.read()
-    finally:
-        conn.close()
+    assert send(serving.url, "GET", path)[0] == 403
+    assert send(serving.url, "GET", f"{path}?{query.replace('sig=', 'sig=x')}")[0] == 403
 
 
 @pytest.mark.parametrize(
@@ -165,15 +144,8 @@ def _get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[i
     ],
 )
 def test_bad_cas_requests(serving: MirrorThread, method: str, path: str, headers: dict[str, str], status: int) -> None:
-    parts = urlsplit(serving.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == status and resp.getheader("X-Error-Message")
-    finally:
-        conn.close()
+    got, answer, _ = send(serving.url, method, path, headers)
+    assert got == status and answer.get("X-Error-Message")
 
 
 @settings(max_examples=300, derandomize=True, database=None, deadline=None)
@@ -215,16 +187,12 @@ def test_the_access_log_says_whether_a_reconstruction_needed_a_fill(
     serving: MirrorThread, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO, logger="mirror.access")
-    parts = urlsplit(serving.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    conn.request("HEAD", "/org/m/resolve/main/model.safetensors")
-    xet_hash = conn.getresponse().getheader("X-Xet-Hash")
-    conn.close()
-    head = _get(serving.url, "/api/models/org/m/xet-read-token/main")
+    xet_hash = send(serving.url, "HEAD", "/org/m/resolve/main/model.safetensors")[1]["X-Xet-Hash"]
+    head = send(serving.url, "GET", "/api/models/org/m/xet-read-token/main")
     token = json.loads(head[2])["accessToken"]
     path = f"/xet/v1/reconstructions/{xet_hash}"
     for _ in range(2):
-        assert _get(serving.url, path, {"Authorization": f"Bearer {token}"})[0] == 200
+        assert send(serving.url, "GET", path, {"Authorization": f"Bearer {token}"})[0] == 200
     lines = [r.getMessage() for r in caplog.records if "/xet/v1/reconstructions/" in r.getMessage()]
     assert [line.split("cache=")[1].split()[0] for line in lines] == ["miss", "hit"]
     assert serving.metric("hub_mirror_cache_lookups_total", kind="metadata", result="miss") >= 1

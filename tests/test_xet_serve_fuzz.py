@@ -8,12 +8,11 @@ derandomized, no example database.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread
+from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
 FUZZ = settings(
@@ -41,22 +41,11 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubEmula
             hub.url, tmp_path_factory.mktemp("xet-fuzz") / "cache", upstream={"xet": True}, hub={"xet": "serve"}
         )
         try:
-            status, headers, _ = request(mirror.url, "HEAD", "/org/m/resolve/main/w.bin", {})
+            status, headers, _ = send(mirror.url, "HEAD", "/org/m/resolve/main/w.bin", {})
             assert status == 200 and headers.get("X-Xet-Hash")
             yield hub, mirror, headers["X-Xet-Hash"]
         finally:
             mirror.stop()
-
-
-def request(base: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.headers), resp.read()
-    finally:
-        conn.close()
 
 
 segment = st.one_of(
@@ -89,7 +78,7 @@ def test_cas_routes(
 ) -> None:
     _, mirror, _ = serving
     headers = {k: v for k, v in (("Authorization", authorization), ("Range", byte_range)) if v is not None}
-    status, answer, _ = request(mirror.url, method, "/xet/" + "/".join(segments) + query, headers)
+    status, answer, _ = send(mirror.url, method, "/xet/" + "/".join(segments) + query, headers)
     assert status < 500, (segments, status)
     if status >= 400:
         assert answer.get("X-Error-Message")
@@ -101,13 +90,13 @@ def test_reconstructions_with_a_real_token_or_none(
     serving: tuple[HubEmulator, MirrorThread, str], authorization: str | None, byte_range: str | None, file_hash: str
 ) -> None:
     _, mirror, real_hash = serving
-    status, _, body = request(mirror.url, "GET", "/api/models/org/m/xet-read-token/main", {})
+    status, _, body = send(mirror.url, "GET", "/api/models/org/m/xet-read-token/main", {})
     assert status == 200
     token = json.loads(body)["accessToken"]
     headers = {"Authorization": authorization or f"Bearer {token}"}
     if byte_range is not None:
         headers["Range"] = byte_range
-    status, answer, _ = request(mirror.url, "GET", f"/xet/v1/reconstructions/{file_hash or real_hash}", headers)
+    status, answer, _ = send(mirror.url, "GET", f"/xet/v1/reconstructions/{file_hash or real_hash}", headers)
     assert status < 500
     if status >= 400:
         assert answer.get("X-Error-Message")
@@ -115,5 +104,5 @@ def test_reconstructions_with_a_real_token_or_none(
 
 def test_the_fuzzed_mirror_still_serves(serving: tuple[HubEmulator, MirrorThread, str], tmp_path: Path) -> None:
     _, mirror, _ = serving
-    status, _, body = request(mirror.url, "GET", "/org/m/resolve/main/w.bin", {})
+    status, _, body = send(mirror.url, "GET", "/org/m/resolve/main/w.bin", {})
     assert status == 200 and body == DATA

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from testbed.hubemu import HubEmulator
+from tests.support.http import send
 
 REFS = "info/refs?service=git-upload-pack"
 LFS_HEADERS = {"Content-Type": "application/vnd.git-lfs+json", "Accept": "application/vnd.git-lfs+json"}
@@ -18,19 +17,6 @@ LFS_HEADERS = {"Content-Type": "application/vnd.git-lfs+json", "Accept": "applic
 
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def send(
-    base: str, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.headers), resp.read()
-    finally:
-        conn.close()
 
 
 def git_server_upstream(hub: HubEmulator) -> bool:
