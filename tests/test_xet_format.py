@@ -39,6 +39,7 @@ from mirror.xet.format import (
     parse_chunk_header,
     parse_chunks,
     slice_range,
+    stored_chunk_header,
     xorb_hash,
 )
 from testbed.hubemu.xet import format as emu_fmt
@@ -552,3 +553,17 @@ def test_hashes_agree_with_the_emulator() -> None:
     data = sample(70_000)
     assert chunk_hash(data) == emu_fmt.chunk_hash(data)
     assert bg4_regroup(emu_fmt.bg4_split(data[:4099])) == data[:4099]
+
+
+@pytest.mark.parametrize("length", [0, 1, 65_536, MAX_CHUNK_SIZE])
+def test_a_stored_chunk_header_reads_back(length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    encoded = stored_chunk_header(length) + data
+    (chunk,) = parse_chunks(encoded)
+    assert chunk.header.scheme is Scheme.NONE and decode_chunk(chunk) == data
+
+
+def test_a_stored_chunk_header_refuses_lengths_no_chunk_has() -> None:
+    for length in (-1, MAX_CHUNK_SIZE + 1):
+        with pytest.raises(XetFormatError):
+            stored_chunk_header(length)

@@ -41,13 +41,13 @@ from mirror.metrics import current_stats
 from mirror.repo import OID_RE, RepoRef
 from mirror.tokens import bearer_token
 from mirror.xet import tokens
+from mirror.xet.format import HEADER_SIZE, stored_chunk_header
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 900  # seconds, like the Hub's CAS tokens; hf_xet refreshes through the xet-auth route
 URL_TTL = 3600
 COLD_WAIT = 30.0  # seconds a reconstruction waits for the fill of a file not cached yet
-HEADER = 8
 
 
 async def handle_token(request: web.Request, target: ApiTarget) -> web.Response:
@@ -152,7 +152,7 @@ def _reconstruction_json(
         out_terms.append({"hash": term["xorb"], "unpacked_length": length, "range": chunk_range})
         path = f"/xet/chunks/{entry.etag}/{index}"
         url = f"{origin}{path}?expires={expires}&sig={tokens.sign_path(secret, path, expires)}"
-        encoded = HEADER * len(term["lengths"]) + length
+        encoded = HEADER_SIZE * len(term["lengths"]) + length
         entries = fetch_info.setdefault(term["xorb"], [])
         if not any(e["range"] == chunk_range for e in entries):
             entries.append({"range": chunk_range, "url": url, "url_range": {"start": 0, "end": encoded - 1}})
@@ -174,7 +174,7 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
     term = terms[int(index_text)]
     lengths: list[int] = term["lengths"]
     first = term["offset"]
-    encoded = HEADER * len(lengths) + sum(lengths)
+    encoded = HEADER_SIZE * len(lengths) + sum(lengths)
     span = parse_range(request.headers.get("Range"), encoded)
     start, end = span if span else (0, encoded)
     blob_key = keys.blob_key(etag)
@@ -222,17 +222,11 @@ async def _framed(raw: AsyncIterator[bytes], lengths: list[int]) -> AsyncIterato
     async for piece in raw:
         buffer += piece
         while want is not None and len(buffer) >= want:
-            yield _header(want) + bytes(buffer[:want])
+            yield stored_chunk_header(want) + bytes(buffer[:want])
             del buffer[:want]
             want = next(pending, None)
     if want is not None or buffer:
         raise ConnectionResetError("the cached file is shorter or longer than its recorded chunks")
-
-
-def _header(length: int) -> bytes:
-    # version 0, stored length (u24 LE), scheme 0 = none, raw length (u24 LE): spec/xorb.md.
-    size = length.to_bytes(3, "little")
-    return bytes((0,)) + size + bytes((0,)) + size
 
 
 async def _sliced(pieces: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:

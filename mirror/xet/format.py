@@ -99,6 +99,14 @@ class RawChunk:
         return self.offset + HEADER_SIZE + len(self.data)
 
 
+def stored_chunk_header(length: int) -> bytes:
+    """The header of a chunk of `length` raw bytes stored as they are (scheme none): both lengths the same."""
+    if not 0 <= length <= MAX_CHUNK_SIZE:
+        raise XetFormatError(f"a chunk holds 0 to {MAX_CHUNK_SIZE} bytes, not {length}")
+    size = length.to_bytes(3, "little")
+    return bytes((CHUNK_VERSION,)) + size + bytes((Scheme.NONE,)) + size
+
+
 def parse_chunk_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> ChunkHeader:
     """The chunk header at `offset` of `buf`, checked; XetFormatError if it is truncated or invalid."""
     raw = bytes(buf[offset : offset + HEADER_SIZE])

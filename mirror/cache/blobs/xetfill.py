@@ -47,7 +47,14 @@ class Span:
     lengths: list[int]
 
     def to_json(self, etag: str) -> dict[str, Any]:
-        return {"etag": etag, "start": self.start, "end": self.end, "offset": self.offset, "lengths": self.lengths}
+        return {
+            "xorb": self.xorb,
+            "etag": etag,
+            "start": self.start,
+            "end": self.end,
+            "offset": self.offset,
+            "lengths": self.lengths,
+        }
 
 
 @dataclass(frozen=True)
@@ -239,7 +246,7 @@ class XetBody:
             return
         try:
             await self.source.index.add(self.entry.etag, self.spans)
-            terms = [{"xorb": span.xorb, **span.to_json(self.entry.etag)} for span in self.spans]
+            terms = [span.to_json(self.entry.etag) for span in self.spans]
             record = {"xet": self.entry.xet_hash, "size": self.entry.size, "terms": terms}
             await self.source.index.records.put_best_effort(keys.xet_terms_key(self.entry.etag), record)
         except (HubError, StorageError) as exc:
