@@ -431,25 +431,33 @@ class Upstream:
             extra["Content-Type"] = FORM_TYPE
         resp = await self.request(method, url, token, headers=extra or None, data=body)
         async with resp:
-            try:
-                body = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                self.record_outcome(False)
-                reason = unreachable_reason(exc)
-                self._failure_log.warning(
-                    ("body", reason),
-                    "upstream body of %s broke off: %s: %s",
-                    _without_query(url),
-                    type(exc).__name__,
-                    exc,
-                )
-                raise UpstreamUnavailable(f"upstream answer broke off ({reason})") from exc
+            body = await self.read_answer(resp, "upstream answer")
             if resp.status >= 400 or resp.status in (301, 302, 303, 307, 308):
                 raise await error_from_response(resp, body)
             try:
                 return json.loads(body), resp.headers
             except ValueError:
                 raise UpstreamUnavailable(f"upstream sent invalid JSON for {urlsplit(url).path}") from None
+
+    async def read_answer(self, resp: aiohttp.ClientResponse, what: str, limit: int | None = None) -> bytes:
+        """An answer's body (past `limit`, only its first limit + 1 bytes: the caller refuses it).
+
+        A body that breaks off counts as a failure for the breaker and is logged without the URL's
+        query (signed URLs carry credentials there); the caller gets UpstreamUnavailable.
+        """
+        try:
+            return await (resp.read() if limit is None else resp.content.read(limit + 1))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.record_outcome(False)
+            reason = unreachable_reason(exc)
+            self._failure_log.warning(
+                ("body", reason),
+                "upstream body of %s broke off: %s: %s",
+                _without_query(str(resp.url)),
+                type(exc).__name__,
+                exc,
+            )
+            raise UpstreamUnavailable(f"{what} broke off ({reason})") from exc
 
     def resolve_url(self, repo: RepoRef, revision: str, path: str) -> str:
         return self.url(f"/{repo.url_prefix}{repo.repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}")
@@ -538,11 +546,7 @@ class Upstream:
         url = self.lfs_batch_url(repo)
         resp = await self.request("POST", url, token, headers=headers, data=json.dumps(request).encode())
         async with resp:
-            try:
-                body = await resp.content.read(MAX_LFS_ANSWER + 1)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                self.record_outcome(False)
-                raise UpstreamUnavailable(f"upstream LFS batch answer broke off ({unreachable_reason(exc)})") from exc
+            body = await self.read_answer(resp, "upstream LFS batch answer", MAX_LFS_ANSWER)
             if resp.status >= 400 or resp.status in (301, 302, 303, 307, 308):
                 raise await error_from_response(resp, body)
         try:

@@ -127,11 +127,7 @@ class XetCas:
                 headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
             resp = await self.upstream.request("GET", url, None, headers=headers, follow=False)
             async with resp:
-                try:
-                    body = await resp.content.read(MAX_RECONSTRUCTION + 1)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    self.upstream.record_outcome(False)
-                    raise UpstreamUnavailable(f"CAS reconstruction broke off ({unreachable_reason(exc)})") from exc
+                body = await self.upstream.read_answer(resp, "CAS reconstruction", MAX_RECONSTRUCTION)
                 if resp.status == 401 and attempt == 0:
                     continue  # expired or revoked: ask the Hub for a new token
                 if resp.status != 200:
