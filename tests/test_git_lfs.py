@@ -22,10 +22,12 @@ import pytest
 
 from mirror.cache import keys
 from mirror.cache.blobs.access import AccessLog
+from mirror.config import load_config
 from mirror.hub.appkeys import RECORDS
 from mirror.lifecycle.gc import GarbageCollector
 from mirror.lifecycle.inventory import referenced_blobs
 from mirror.repo import RepoRef
+from mirror.storage.configured import build_storage
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread, metric
 from tests.support.git import (
@@ -41,6 +43,7 @@ from tests.support.git import (
 )
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
+from tests.support.storage_faults import FaultyStorage
 
 TOKEN = "hf_good"
 A = os.urandom(300_000)
@@ -434,3 +437,58 @@ def test_object_downloads_count_as_cache_hits_and_misses(repos: HubEmulator, mir
         assert send(mirror.url, "GET", href_path(answer))[2] == B
     assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="miss") == 1
     assert mirror.metric("hub_mirror_cache_lookups_total", kind="blob", result="hit") == 1
+
+
+def test_a_disk_that_fills_mid_object_serves_no_wrong_bytes_and_keeps_nothing(
+    repos: HubEmulator, tmp_path: Path
+) -> None:
+    config = load_config(None, {"upstream": {"url": repos.url}, "cache": {"dir": str(tmp_path / "cache")}}, environ={})
+    store = FaultyStorage(build_storage(config))
+    server = MirrorThread(config, storage=store).start()
+    try:
+        _, _, answer = lfs_batch(server.url, "org/m", [(oid(A), len(A))])
+        store.faults.fail_after(100_000, message="disk full")
+        try:
+            status, _, body = send(server.url, "GET", href_path(answer))
+        except (ConnectionError, http.client.HTTPException):
+            status, body = 0, b""
+        assert body != A and status in (0, 200, 503)  # cut or refused, never complete
+        assert store.faults.injected >= 1
+        server.settle()
+        assert server.call(store.stat(keys.blob_key(oid(A)))) is None
+        store.faults.clear()
+        assert send(server.url, "GET", href_path(answer))[2] == A
+    finally:
+        store.faults.clear()
+        server.stop()
+
+
+def test_every_kind_of_answer_on_one_keep_alive_connection(repos: HubEmulator, mirror: MirrorThread) -> None:
+    """JSON, errors of both shapes, a 206, a HEAD and whole objects, in turn on one connection."""
+    _, _, answer = lfs_batch(mirror.url, "org/m", [(oid(A), len(A)), (oid(B), len(B))])
+    a_path, b_path = href_path(answer, 0), href_path(answer, 1)
+    batch = json.dumps({"operation": "download", "objects": [{"oid": oid(B), "size": len(B)}]}).encode()
+    parts = urlsplit(mirror.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    steps: list[tuple[str, str, dict[str, str], bytes | None, int, bytes | None]] = [
+        ("GET", a_path, {}, None, 200, A),  # a miss, filled while it streams
+        ("GET", "/org/m.git/info/lfs/objects/" + "0" * 64, {}, None, 404, None),
+        ("GET", b_path, {"Range": "bytes=10-19"}, None, 206, B[10:20]),
+        ("POST", "/org/m.git/info/lfs/objects/batch", {"Content-Type": "text/plain"}, batch, 415, None),
+        ("HEAD", a_path, {}, None, 200, b""),
+        ("POST", "/org/m.git/info/lfs/objects/batch", LFS_HEADERS, batch, 200, None),
+        ("GET", "/org/m.git/info/refs", {}, None, 400, None),
+        ("GET", a_path, {}, None, 200, A),
+        ("GET", b_path, {}, None, 200, B),
+    ]
+    try:
+        for method, path, headers, body, status, expected in steps:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == status, (method, path, resp.status)
+            if expected is not None:
+                assert data == expected, (method, path)
+            assert not resp.will_close, "the mirror closed a connection it should have kept"
+    finally:
+        conn.close()
