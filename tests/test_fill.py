@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from mirror.cache import keys
+from mirror.cache.blobs.fill import Filler
+from mirror.cache.leases import Leases
+from mirror.cache.metadata.entries import FileEntry
+from mirror.config import load_config
+from mirror.repo import RepoRef
 from mirror.storage.base import ObjectInfo
-from mirror.storage.local import LocalWriter
+from mirror.storage.local import LocalStorage, LocalWriter
+from mirror.upstream import Upstream
 from testbed.hubemu import HubEmulator, sha256_hex
 from testbed.mirror_server import MirrorProcess, MirrorThread
 from tests.support.client import run_client
@@ -195,3 +201,26 @@ def test_small_and_empty_files(hub: HubEmulator, mirror: MirrorThread, size: int
     hub.add_repo("model", "org/s", {"f.bin": data})
     assert fetch(f"{mirror.url}/org/s/resolve/main/f.bin") == (200, data)
     assert fetch(f"{mirror.url}/org/s/resolve/main/f.bin") == (200, data)
+
+
+def test_a_lease_claimed_after_the_publish_starts_no_fill(tmp_path: Path) -> None:
+    """A replica that looked before another one published, then got the lease it released, reads
+    the blob from storage: no fill is started for it, and the lease is let go at once."""
+
+    async def scenario() -> None:
+        storage = LocalStorage(tmp_path / "c")
+        await storage.start()
+        config = load_config(None, {"cache": {"dir": str(tmp_path / "c")}}, environ={})
+        upstream = Upstream(config.upstream, Upstream.new_session(config.upstream))
+        leases = Leases(storage, "http://127.0.0.1:9", 30.0)
+        filler = Filler(storage, upstream, config.cache, config.upstream, leases=leases)
+        entry = FileEntry(RepoRef("model", "org/m"), "c" * 40, "w.bin", sha256_hex(b"w"), 1)
+        await storage.put_bytes(keys.blob_key(entry.etag), b"w")  # published by "another replica"
+        try:
+            assert await filler.start(entry, None) is None
+            assert filler.started == 0
+            assert [k async for k in storage.list(keys.FILL_LEASES)] == []
+        finally:
+            await upstream.session.close()
+
+    asyncio.run(scenario())

@@ -100,6 +100,8 @@ class Blobs:
             if finished is not None:
                 return BlobBody(source="cache", chunks=finished.stream(start, end))
             started = await self.filler.start(entry, token, may_proxy=may_proxy, unreachable=unreachable)
+            if started is None:
+                continue  # published meanwhile: the next look finds it in storage
             if isinstance(started, Fill):
                 return await self._from_fill(started, start, end)
             assert self.replicas is not None

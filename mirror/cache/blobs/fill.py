@@ -442,8 +442,9 @@ class Filler:
 
     async def start(
         self, entry: Fetchable, token: str | None, *, may_proxy: bool = True, unreachable: frozenset[str] = frozenset()
-    ) -> Fill | Lease:
-        """The fill of this blob, joined or started here, or the live lease of another replica.
+    ) -> Fill | Lease | None:
+        """The fill of this blob, joined or started here, or the live lease of another replica; None
+        when the blob turned out to be published already (the caller reads it from storage).
 
         Without leases (no server.advertise_url) this is join(). With them, a fill started here
         holds the blob's lease while it runs. When another replica holds it, its lease is returned
@@ -472,8 +473,18 @@ class Filler:
             return self.join(entry, token)
         if key in self._fills:
             return self.join(entry, token)  # a fill started here while the lease was claimed
+        if await self._published(key):
+            # Its filler published it and released the lease between the caller's look and the claim.
+            await self.leases.release(lease_key)
+            return None
         self._leased.add(key)
         return self.join(entry, token)
+
+    async def _published(self, key: str) -> bool:
+        try:
+            return await within(self.storage.stat(key), self.cache.storage_timeout) is not None
+        except (StorageError, asyncio.TimeoutError):
+            return False  # the fill will look again, and fail or fetch
 
     async def _settle_takeover(self, lease_key: str, unreachable: frozenset[str]) -> Lease | None:
         """After taking a lease over: the replica whose takeover won, if not this one."""
