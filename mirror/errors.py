@@ -131,6 +131,16 @@ class UpstreamUnavailable(HubError):
     status = 502
 
 
+class NotReady(HubError):
+    """The answer is on its way (a fill is running) but not ready within the request's wait: 503
+    with Retry-After, which clients (hf_xet too) retry."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class UpstreamError(HubError):
     """An upstream answer the mirror passes on as it is (status and error code)."""
 

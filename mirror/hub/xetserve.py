@@ -21,6 +21,7 @@ no terms: its resolve does not advertise Xet, and clients download it over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,8 +30,10 @@ from typing import Any
 from aiohttp import web
 
 from mirror.cache import keys
+from mirror.cache.blobs.fill import Fill
+from mirror.cache.blobs.xetplan import PlannedTerm
 from mirror.cache.metadata.entries import FileEntry
-from mirror.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthorized, UpstreamUnavailable
+from mirror.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, NotReady, Unauthorized
 from mirror.hub.api import mirror_origin
 from mirror.hub.appkeys import ACCESS, BLOBS, CONFIG, FILLER, POLICY, RECORDS, STORAGE, XET_SECRET, XET_TOKENS
 from mirror.hub.observe import ROUTE
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_TTL = 900  # seconds, like the Hub's CAS tokens; hf_xet refreshes through the xet-auth route
 URL_TTL = 3600
-COLD_WAIT = 30.0  # seconds a reconstruction waits for the fill of a file not cached yet
+COLD_WAIT = 30.0  # seconds a request waits for a fill's first answer or for verified chunks, before 503
 
 
 async def handle_token(request: web.Request, target: ApiTarget) -> web.Response:
@@ -107,32 +110,47 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> tuple[list[dict[str, Any]], bool]:
-    """The file's terms as its Xet fill recorded them, and whether the file had to be filled first."""
-    records = request.app[RECORDS]
+async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> tuple[list[PlannedTerm], bool]:
+    """The file's terms, and whether it had to be filled: as recorded for a cached file, else as
+    the upstream's CAS gave them to the fill just started (or joined), whose chunks the chunk
+    route then serves as they are verified."""
+    if await request.app[BLOBS].is_stored(entry):
+        return await _recorded_terms(request, entry.etag), False
     # Not cached (never, or evicted since its split was recorded): its chunks come with a fill.
-    filled = not await request.app[BLOBS].is_stored(entry)
-    if filled:
-        token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
-        fill = request.app[FILLER].join(entry, token)
-        deadline = time.monotonic() + COLD_WAIT
-        while not fill.done and time.monotonic() < deadline:
-            await fill.wait_progress(deadline - time.monotonic())
-        if not fill.done:
-            raise UpstreamUnavailable(
-                "the file is being fetched from upstream; ask again shortly", headers={"Retry-After": "2"}
-            )
+    token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
+    fill = request.app[FILLER].join(entry, token)
+    deadline = time.monotonic() + COLD_WAIT
+    while not fill.done and _plan(fill) is None and time.monotonic() < deadline:
+        await fill.wait_progress(deadline - time.monotonic())
+    if fill.done:
         if fill.error is not None and not fill.verified:
             raise fill.error
-    record = await records.get(keys.xet_terms_key(entry.etag))
+        return await _recorded_terms(request, entry.etag), True
+    plan = _plan(fill)
+    if plan is None:
+        raise NotReady("the file is being fetched from upstream; ask again shortly")
+    return plan, True
+
+
+def _plan(fill: Fill) -> list[PlannedTerm] | None:
+    return fill.xet_body.plan if fill.xet_body is not None else None
+
+
+async def _recorded(request: web.Request, etag: str) -> list[dict[str, Any]] | None:
+    record = await request.app[RECORDS].get(keys.xet_terms_key(etag)) if OID_RE.fullmatch(etag) else None
     terms = record.get("terms") if isinstance(record, dict) else None
-    if not isinstance(terms, list) or not terms:
-        raise NotFound(f"{entry.label} is cached without its Xet chunks: download it over HTTP")
-    return terms, filled
+    return terms if isinstance(terms, list) and terms else None
+
+
+async def _recorded_terms(request: web.Request, etag: str) -> list[PlannedTerm]:
+    terms = [PlannedTerm.from_record(item) for item in await _recorded(request, etag) or ()]
+    if not terms or None in terms:
+        raise NotFound(f"the file {etag} is cached without its Xet chunks: download it over HTTP")
+    return [term for term in terms if term is not None]
 
 
 def _reconstruction_json(
-    request: web.Request, secret: bytes, entry: FileEntry, terms: list[dict[str, Any]], span: tuple[int, int]
+    request: web.Request, secret: bytes, entry: FileEntry, terms: list[PlannedTerm], span: tuple[int, int]
 ) -> dict[str, Any]:
     """v1 reconstruction of bytes [start, end) of the file: the terms overlapping them, and our URLs."""
     start, end = span
@@ -142,60 +160,93 @@ def _reconstruction_json(
     fetch_info: dict[str, list[dict[str, Any]]] = {}
     offset_into_first = 0
     for index, term in enumerate(terms):
-        length = sum(term["lengths"])
-        first, last = term["offset"], term["offset"] + length
-        if last <= start or first >= end:
+        if term.last <= start or term.offset >= end:
             continue
         if not out_terms:
-            offset_into_first = start - first
-        chunk_range = {"start": term["start"], "end": term["end"]}
-        out_terms.append({"hash": term["xorb"], "unpacked_length": length, "range": chunk_range})
+            offset_into_first = start - term.offset
+        chunk_range = {"start": term.start, "end": term.end}
+        out_terms.append({"hash": term.xorb, "unpacked_length": term.length, "range": chunk_range})
         path = f"/xet/chunks/{entry.etag}/{index}"
         url = f"{origin}{path}?expires={expires}&sig={tokens.sign_path(secret, path, expires)}"
-        encoded = HEADER_SIZE * len(term["lengths"]) + length
-        entries = fetch_info.setdefault(term["xorb"], [])
+        encoded = HEADER_SIZE * (term.end - term.start) + term.length
+        entries = fetch_info.setdefault(term.xorb, [])
         if not any(e["range"] == chunk_range for e in entries):
             entries.append({"range": chunk_range, "url": url, "url_range": {"start": 0, "end": encoded - 1}})
     return {"offset_into_first_range": offset_into_first, "terms": out_terms, "fetch_info": fetch_info}
 
 
 async def _chunks(request: web.Request, etag: str, index_text: str) -> web.StreamResponse:
-    """One term's chunks, each behind its 8-byte header (uncompressed), from the cached blob."""
+    """One term's chunks, each behind its 8-byte header (uncompressed): from the cached blob, or,
+    while the file's fill runs, from the fill once the term's bytes are verified."""
     secret = await request.app[XET_SECRET].get()
     path = f"/xet/chunks/{etag}/{index_text}"
     query = request.rel_url.query
     if not tokens.path_signed(secret, path, query.get("expires", ""), query.get("sig", "")):
         raise Forbidden("this chunk URL is not signed by this mirror, or has expired: ask for a new reconstruction")
-    record = await request.app[RECORDS].get(keys.xet_terms_key(etag)) if OID_RE.fullmatch(etag) else None
-    terms = record.get("terms") if isinstance(record, dict) else None
-    index_ok = index_text.isascii() and index_text.isdigit() and len(index_text) < 9
-    if not isinstance(terms, list) or not index_ok or int(index_text) >= len(terms):
+    if not (index_text.isascii() and index_text.isdigit() and len(index_text) < 9 and OID_RE.fullmatch(etag)):
         raise NotFound("no such chunk range")
-    term = terms[int(index_text)]
-    lengths: list[int] = term["lengths"]
-    first = term["offset"]
+    index = int(index_text)
+    blob_key = keys.blob_key(etag)
+    for _ in range(2):  # a fill that ends while this request waits leaves the blob to storage
+        recorded = await _recorded(request, etag)
+        if recorded is not None and index < len(recorded) and await request.app[STORAGE].stat(blob_key) is not None:
+            term = recorded[index]
+            lengths: list[int] = term["lengths"]
+            first, last = term["offset"], term["offset"] + sum(lengths)
+            release = await request.app[ACCESS].begin_read(blob_key)
+            try:
+                body = request.app[STORAGE].read_range(blob_key, first, last)
+                return await _send_chunks(request, etag, body, lengths, "hit")
+            finally:
+                release()
+        fill = request.app[FILLER].running(blob_key)
+        plan = _plan(fill) if fill is not None else None
+        if fill is None or plan is None or index >= len(plan):
+            if recorded is not None:
+                raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
+            raise NotFound("no such chunk range")
+        planned = plan[index]
+        deadline = time.monotonic() + COLD_WAIT
+        while not fill.done and not fill.xet_verified(planned.offset, planned.last):
+            if time.monotonic() >= deadline:
+                raise NotReady("these chunks are being fetched from upstream; ask again shortly")
+            await fill.wait_progress(deadline - time.monotonic())
+        if fill.done:
+            if fill.error is not None and not fill.verified:
+                raise fill.error
+            continue
+        assert fill.xet_body is not None
+        lengths = fill.xet_body.chunk_map.lengths(planned.offset, planned.last) or []
+        if len(lengths) != planned.end - planned.start:
+            raise NotReady(f"the upstream's chunks of {etag} do not match its reconstruction yet")
+        body = fill.stream(planned.offset, planned.last, hold_last=False)
+        return await _send_chunks(request, etag, body, lengths, "miss")
+    raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
+
+
+async def _send_chunks(
+    request: web.Request, etag: str, raw: AsyncIterator[bytes], lengths: list[int], cache: str
+) -> web.StreamResponse:
+    """Send the term's bytes (`raw`) as its chunks, or the part of them the request's Range names."""
     encoded = HEADER_SIZE * len(lengths) + sum(lengths)
     span = parse_range(request.headers.get("Range"), encoded)
     start, end = span if span else (0, encoded)
-    blob_key = keys.blob_key(etag)
-    if await request.app[STORAGE].stat(blob_key) is None:
-        raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
     if span:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{encoded}"
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
     response.content_length = end - start
-    if request.method == "HEAD":
+    stats = current_stats()
+    if stats is not None:
+        stats.cache = cache
+    async with contextlib.aclosing(raw):
         await response.prepare(request)
-        await response.write_eof()
-        return response
-    release = await request.app[ACCESS].begin_read(blob_key)
-    try:
-        await response.prepare(request)
+        if request.method == "HEAD":
+            await response.write_eof()
+            return response
         sent = 0
         try:
-            body = _framed(request.app[STORAGE].read_range(blob_key, first, first + sum(lengths)), lengths)
-            async for piece in _sliced(body, start, end):
+            async for piece in _sliced(_framed(raw, lengths), start, end):
                 await response.write(piece)
                 sent += len(piece)
             if sent != end - start:
@@ -204,14 +255,10 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
             log.warning("cutting Xet chunks of %s: %s", etag, exc)
             cut(request)
             return response
-        stats = current_stats()
         if stats is not None:
             stats.bytes_sent += sent
-            stats.cache = "hit"
         await response.write_eof()
         return response
-    finally:
-        release()
 
 
 async def _framed(raw: AsyncIterator[bytes], lengths: list[int]) -> AsyncIterator[bytes]:

@@ -99,6 +99,7 @@ class Fill:
         self.xet_body: XetBody | None = None
         if xet is not None and isinstance(entry, FileEntry) and entry.xet_hash:
             self.xet_body = xet.body(entry, token, chunk_size)
+            self.xet_body.on_change = self._notify  # clients of the mirror's CAS wait on verified bytes
         self.blob_key = keys.blob_key(entry.etag)
         self.poison = poison
         # End offset of the furthest byte this fill handed to a client before it was verified.
@@ -250,16 +251,26 @@ class Fill:
             return self.entry.size
         return max(0, min(self.written, self.entry.size - 1))
 
-    def _sendable(self, end: int) -> int:
+    def _sendable(self, end: int, hold_last: bool = True) -> int:
         """How far a response ending at `end` may go now: its last byte waits for the hash.
 
         Every response, a Range of the middle of the file too, holds back its own last byte until
         the whole blob is verified, so no client completes any download, or any segment of one,
-        with bytes that then fail the check.
+        with bytes that then fail the check. Bytes verified otherwise (xet_verified) need not wait.
         """
         if self.complete:
             return end
+        if not hold_last:
+            return min(self.written, end)
         return max(0, min(self.written, end - 1))
+
+    def xet_verified(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are written and verified: by the blob's hash, or, while a Xet
+        fill runs, by their xorb's hash (cache/blobs/xetplan.py)."""
+        if self.complete:
+            return True
+        body = self.xet_body
+        return body is not None and self.written >= end and body.chunk_map.verified(start, end)
 
     def _handed(self, pos: int) -> None:
         if not self.complete and pos > self.handed_out:
@@ -284,8 +295,9 @@ class Fill:
                 return chunk[pos - offset : limit - offset] if pos < limit else b""
         return b""
 
-    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) as they become available and safe to send."""
+    async def stream(self, start: int, end: int, *, hold_last: bool = True) -> AsyncIterator[bytes]:
+        """Bytes [start, end) as they become available and safe to send; `hold_last=False` only for
+        bytes the caller knows are verified (xet_verified)."""
         pos = start
         while pos < end:
             if self.verified:
@@ -294,7 +306,7 @@ class Fill:
                 return
             if self.error is not None:
                 raise self.error
-            limit = self._sendable(end)
+            limit = self._sendable(end, hold_last)
             recent = self._from_memory(pos, limit)
             if recent:
                 pos += len(recent)
@@ -313,7 +325,7 @@ class Fill:
                     if await self._published_soon():
                         continue
                     caught_up = pos
-                    async for data in self._catch_up(pos, end):
+                    async for data in self._catch_up(pos, end - 1 if hold_last else end):
                         pos += len(data)
                         self._handed(pos)
                         yield data
@@ -357,17 +369,16 @@ class Fill:
         window_start = self.writer.window_start if self.writer is not None else None
         return window_start is not None and window_start <= pos < self._readable()
 
-    async def _catch_up(self, pos: int, end: int) -> AsyncIterator[bytes]:
+    async def _catch_up(self, pos: int, limit: int) -> AsyncIterator[bytes]:
         """Serve a follower that fell behind the writer's window straight from upstream.
 
         Ends when the follower is back inside the window, the fill is published (storage serves the
-        rest), or it reached the response's held-back last byte. These bytes come from a request of
+        rest), or it reached `limit` (the response's held-back last byte). These bytes come from a request of
         their own, which the blob's hash does not cover: they go out a block at a time, each block
         only once it matches the sha256 of the same block of the fill's bytes (a mismatch is
         fetched again, up to `resume_attempts` times). The fill's hash then vouches for them too.
         """
         entry = self.entry
-        limit = end - 1
         mismatches = 0
         while pos < limit and not self.verified and not self._back_in_window(pos):
             if self.error is not None:
@@ -554,6 +565,10 @@ class Filler:
             await asyncio.sleep(self.leases.ttl / 3)
             if key in self._leased and not await self.leases.renew(keys.fill_lease_key(key)):
                 self._leased.discard(key)  # taken over by a replica that could not reach us
+
+    def running(self, blob_key: str) -> Fill | None:
+        """The fill of this blob running on this replica, if any."""
+        return self._fills.get(blob_key)
 
     def finished(self, blob_key: str) -> Fill | None:
         """The fill of this blob if all its bytes arrived and matched, and it is being published."""

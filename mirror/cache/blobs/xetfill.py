@@ -7,9 +7,12 @@ checked and decoded here (mirror/xet/format.py). A new revision that changes a f
 file therefore costs about those chunks upstream, in fills and in sync alike.
 
 Verification is the fill's, as for every blob: the bytes are hashed as they go and kept only if
-they are the file's sha256, the last byte held back until then. Only after that are the file's
-chunk ranges added to the index, so the index only ever points at bytes of verified files. An
-index entry whose blob was evicted since is skipped (the chunks come from upstream).
+they are the file's sha256, the last byte held back until then; the chunks must also hash to the
+file's Xet hash. Only after that are the file's chunk ranges added to the index, so the index only
+ever points at bytes of verified files. An index entry whose blob was evicted since is skipped
+(the chunks come from upstream). Before that, each xorb range is checked against its xorb's hash
+where it can be (cache/blobs/xetplan.py), so clients of the mirror's CAS can have those bytes
+while the fill runs.
 """
 
 from __future__ import annotations
@@ -17,17 +20,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache import keys
+from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
 from mirror.cache.metadata.entries import FileEntry
 from mirror.cache.records import Records
-from mirror.errors import HubError, StorageError, UpstreamUnavailable
+from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics
 from mirror.storage import Storage
-from mirror.xet.format import HEADER_SIZE, RawChunk, XetFormatError, decode_chunk, parse_chunk_header
+from mirror.xet.format import (
+    HEADER_SIZE,
+    MerkleHasher,
+    RawChunk,
+    XetFormatError,
+    chunk_hash,
+    decode_chunk,
+    hash_from_str,
+    hash_to_str,
+    parse_chunk_header,
+)
 from mirror.xetcas import Reconstruction, Term, XetCas, XorbUrlRefused
 
 log = logging.getLogger(__name__)
@@ -131,15 +145,25 @@ class XetSource:
 
 @dataclass
 class XetBody:
-    """One file's bytes from its reconstruction; `remember` indexes its chunks once the fill verified them."""
+    """One file's bytes from its reconstruction.
+
+    While it runs it publishes what clients streaming the file through the mirror's CAS need
+    (cache/blobs/xetplan.py): `plan`, the terms of the file's whole reconstruction, as soon as it is
+    known; `chunks_map`, each chunk produced and which bytes are verified. `on_change` is called
+    whenever more bytes are verified. `remember` indexes the file once the fill verified it.
+    """
 
     source: XetSource
     entry: FileEntry
     token: str | None
     chunk_size: int
-    spans: list[Span] = field(default_factory=list)
-    whole: bool = True  # every term was read in full from the file's start (its spans are exact)
+    plan: list[PlannedTerm] | None = None
+    chunk_map: ChunkMap = field(default_factory=ChunkMap)
+    on_change: Callable[[], None] = lambda: None
+    whole: bool = True  # every term was read from the file's first reconstruction (its xorbs name its bytes)
     _bad_holders: set[str] = field(default_factory=set)
+    _file_hash: MerkleHasher = field(default_factory=MerkleHasher)
+    _floor: int = 0  # bytes before this offset came from an earlier reconstruction of this fill
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file's bytes in pieces of about `chunk_size`: Xet chunks are ~64 KiB, and each piece
@@ -155,6 +179,12 @@ class XetBody:
                     pieces, held = [], 0
         if pieces:
             yield b"".join(pieces)
+        # Every byte is in: the chunks must also be the file the Hub named by its Xet hash.
+        assert self.entry.xet_hash is not None
+        if self._file_hash.total_size != self.entry.size or self._file_hash.file_hash() != hash_from_str(
+            self.entry.xet_hash
+        ):
+            raise IntegrityError(f"the Xet chunks of {self.entry.label} do not hash to its Xet hash; discarded")
 
     async def _pieces(self) -> AsyncIterator[bytes]:
         entry, pos, failures = self.entry, 0, 0
@@ -164,33 +194,33 @@ class XetBody:
                 byte_range = None if pos == 0 else (pos, entry.size - 1)
                 found = await self.source.cas.reconstruction(entry.repo, entry.commit, entry.xet_hash, self.token,
                                                              byte_range)  # fmt: skip
-                skip = found.offset
-                if byte_range is None and skip:
+                if byte_range is None and found.offset:
                     raise XetFormatError("a whole file's reconstruction starts inside its first term")
+                if self.plan is None:
+                    self._set_plan(found)
+                # The first term's first chunk starts `offset` bytes before the next byte the fill needs.
+                chunk_at = pos - found.offset
+                self._floor = pos
                 for term in found.terms:
-                    lengths: list[int] = []
-                    got = 0
-                    async for piece in self._term(found, term, lengths):
-                        got += len(piece)
-                        if skip >= len(piece):
-                            skip -= len(piece)
-                            continue
-                        out = piece[skip:] if skip else piece
-                        skip = 0
+                    term_at = chunk_at
+                    async for data in self._term(found, term, chunk_at):
+                        chunk_at += len(data)
+                        if chunk_at <= pos:
+                            continue  # a resumed range starts inside a chunk the fill had
+                        out = data[len(data) - (chunk_at - pos) :] if chunk_at - len(data) < pos else data
                         if pos + len(out) > entry.size:
                             raise XetFormatError("the reconstruction rebuilds more bytes than the file has")
                         pos += len(out)
                         failures = 0
                         yield out
-                    if got != term.unpacked_length:
-                        raise XetFormatError(f"a term gave {got} bytes, the reconstruction says {term.unpacked_length}")
-                    if self.whole:
-                        self.spans.append(Span(term.xorb, term.start, term.end, pos - got, lengths))
+                    if chunk_at - term_at != term.unpacked_length:
+                        raise XetFormatError(f"a term gave {chunk_at - term_at} bytes, the reconstruction says "
+                                             f"{term.unpacked_length}")  # fmt: skip
                 if pos < entry.size:
                     raise XetFormatError(f"the reconstruction ends at byte {pos} of {entry.size}")
             except (XorbUrlRefused, UpstreamUnavailable, XetFormatError, StorageError) as exc:
                 failures += 1
-                self.whole = False  # a resumed file's terms start mid-way: its spans are not indexed
+                self.whole = False  # a resumed file's terms start mid-way: its xorbs are not indexed
                 if failures > self.source.attempts:
                     raise UpstreamUnavailable(
                         f"Xet transfer of {entry.label} failed {failures} times in a row: {exc}"
@@ -198,21 +228,51 @@ class XetBody:
                 log.warning("Xet transfer of %s broke at byte %d (%s); resuming", entry.label, pos, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
-    async def _term(self, found: Reconstruction, term: Term, lengths: list[int]) -> AsyncIterator[bytes]:
-        """The term's bytes: from a cached blob holding its chunks, else decoded from its xorb range."""
+    def _set_plan(self, found: Reconstruction) -> None:
+        plan, offset = [], 0
+        for term in found.terms:
+            plan.append(PlannedTerm(term.xorb, term.start, term.end, offset, term.unpacked_length))
+            offset += term.unpacked_length
+        if offset != self.entry.size:
+            raise XetFormatError(f"the reconstruction's terms hold {offset} bytes, the file {self.entry.size}")
+        self.plan = plan
+        self.on_change()
+
+    def _chunk(self, at: int, data: bytes, digest: bytes | None = None) -> None:
+        """Account for a chunk produced at file offset `at`: the chunk map and the file's Xet hash."""
+        try:
+            new = self.chunk_map.add(at, len(data))
+        except ValueError as exc:
+            raise XetFormatError(f"the reconstruction of {self.entry.label} skips bytes: {exc}") from exc
+        if new:
+            self._file_hash.add(digest if digest is not None else chunk_hash(data), len(data))
+
+    async def _term(self, found: Reconstruction, term: Term, at: int) -> AsyncIterator[bytes]:
+        """The term's chunks, one at a time: from a cached blob holding them, else decoded from its xorb range.
+
+        `at` is the file offset of the term's first chunk. The term's bytes are marked verified when
+        they came from a verified blob, or from a xorb range that hashes to the xorb's hash.
+        """
         held = await self.source.index.find(term, frozenset(self._bad_holders))
         if held is not None and await self.source.storage.stat(held.blob_key) is not None:
-            lengths.extend(held.lengths)
             try:
-                async for piece in self.source.storage.read_range(held.blob_key, held.first, held.last):
-                    self.source.count("cache", len(piece))
-                    yield piece
-                return
+                async for data in _split(self.source.storage.read_range(held.blob_key, held.first, held.last),
+                                         held.lengths):  # fmt: skip
+                    self.source.count("cache", len(data))
+                    self._chunk(at, data)
+                    at += len(data)
+                    yield data
             except (StorageError, OSError) as exc:
                 self._bad_holders.add(held.blob_key)
                 raise StorageError(f"a cached file with chunks of xorb {term.xorb} could not be read: {exc}") from exc
+            self.chunk_map.verify(max(at - term.unpacked_length, self._floor), at)
+            self.on_change()
+            return
         fetch = found.fetch_for(term)
+        first = at
         index = fetch.start
+        # Only a range from the xorb's first chunk can be checked against the xorb's hash.
+        xorb = MerkleHasher() if fetch.start == 0 else None
         buffer = bytearray()
         body = self.source.cas.xorb_range(fetch, chunk_size=self.chunk_size)
         async with contextlib.aclosing(body) as pieces:
@@ -225,29 +285,74 @@ class XetBody:
                     end = used + HEADER_SIZE + header.compressed_length
                     if end > len(buffer):
                         break
-                    if term.start <= index < term.end:
+                    wanted = term.start <= index < term.end
+                    if wanted or xorb is not None:
                         raw = RawChunk(used, header, bytes(buffer[used + HEADER_SIZE : end]))
-                        # LZ4 releases the GIL: big chunks decode in a worker, small ones inline.
-                        big = len(raw.data) > 65536
-                        data = await asyncio.to_thread(decode_chunk, raw) if big else decode_chunk(raw)
-                        lengths.append(len(data))
-                        self.source.count("upstream", len(data))
-                        yield data
+                        # LZ4 and blake3 release the GIL: big chunks go to a worker, small ones inline.
+                        if len(raw.data) > 65536:
+                            data, digest = await asyncio.to_thread(_decode_and_hash, raw)
+                        else:
+                            data, digest = _decode_and_hash(raw)
+                        if xorb is not None:
+                            xorb.add(digest, len(data))
+                        if wanted:
+                            self.source.count("upstream", len(data))
+                            self._chunk(at, data, digest)
+                            at += len(data)
+                            yield data
                     index += 1
                     used = end
                 del buffer[:used]
         if buffer or index != fetch.end:
             raise XetFormatError(f"xorb {fetch.xorb} range holds {index - fetch.start} whole chunks, not "
                                  f"{fetch.end - fetch.start}")  # fmt: skip
+        if xorb is not None and hash_to_str(xorb.root()) == term.xorb.lower():
+            self.chunk_map.verify(max(first, self._floor), at)
+            self.on_change()
+
+    def terms(self) -> list[Span] | None:
+        """The plan's terms with their chunk lengths, once every chunk is in (None if they do not tile it)."""
+        spans = []
+        for term in self.plan or ():
+            lengths = self.chunk_map.lengths(term.offset, term.last)
+            if lengths is None or len(lengths) != term.end - term.start:
+                return None
+            spans.append(Span(term.xorb, term.start, term.end, term.offset, lengths))
+        return spans or None
 
     async def remember(self) -> None:
-        """Index the file's chunk ranges: called once its bytes were verified and published."""
-        if not self.whole or not self.spans:
+        """Record the file's terms (for serving it as a CAS) and index its chunks: called once its
+        bytes were verified and published."""
+        spans = self.terms()
+        if spans is None:
+            log.warning("the chunks of %s do not tile its reconstruction's terms: not indexed", self.entry.label)
             return
         try:
-            await self.source.index.add(self.entry.etag, self.spans)
-            terms = [span.to_json(self.entry.etag) for span in self.spans]
+            if self.whole:
+                # Only then did each term's bytes come from the xorb the term names.
+                await self.source.index.add(self.entry.etag, spans)
+            terms = [span.to_json(self.entry.etag) for span in spans]
             record = {"xet": self.entry.xet_hash, "size": self.entry.size, "terms": terms}
             await self.source.index.records.put_best_effort(keys.xet_terms_key(self.entry.etag), record)
         except (HubError, StorageError) as exc:
             log.warning("could not index the Xet chunks of %s: %s", self.entry.label, exc)
+
+
+def _decode_and_hash(raw: RawChunk) -> tuple[bytes, bytes]:
+    data = decode_chunk(raw)
+    return data, chunk_hash(data)
+
+
+async def _split(pieces: AsyncIterator[bytes], lengths: tuple[int, ...]) -> AsyncIterator[bytes]:
+    """Storage pieces regrouped into chunks of `lengths` (memory: one chunk)."""
+    buffer = bytearray()
+    pending = iter(lengths)
+    want = next(pending, None)
+    async for piece in pieces:
+        buffer += piece
+        while want is not None and len(buffer) >= want:
+            yield bytes(buffer[:want])
+            del buffer[:want]
+            want = next(pending, None)
+    if want is not None or buffer:
+        raise StorageError("a cached file is shorter or longer than the chunks its index records")

@@ -1,0 +1,215 @@
+"""A cold file's chunks reach Xet clients while its fill runs, each term only once its bytes are verified.
+
+The fill verifies a term's bytes before the file is complete when they were decoded from a xorb
+range that hashes to the xorb's hash (the whole xorb, intact) or read from a verified cached blob
+(cache/blobs/xetplan.py); anything else waits for the file's sha256. The emulator's xorbs are made
+small here so that one file spans several, and one xorb's fetch is held back so the fill is still
+running while the others are served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from mirror.cache import keys
+from mirror.cache.blobs.xetplan import ChunkMap
+from mirror.hub import xetserve
+from mirror.xet.format import decode_range
+from testbed.hubemu import HubEmulator
+from testbed.hubemu.xet import format as emu_format
+from testbed.mirror_server import MirrorThread
+from tests.support.http import send
+from tests.support.mirrors import start_mirror
+
+SIZE = 4 * 1024 * 1024
+HELD = 4.0  # seconds the emulator holds back the last xorb's bytes
+
+
+@pytest.fixture
+def small_xorbs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ~64 chunks of ~64 KiB: 4 xorbs of 16 chunks, so one file's fill has several xorbs to verify.
+    monkeypatch.setattr(emu_format, "XORB_MAX_CHUNKS", 16)
+
+
+@pytest.fixture
+def serving(hub: HubEmulator, tmp_path: Path, small_xorbs: None) -> Iterator[MirrorThread]:
+    server = start_mirror(hub.url, tmp_path / "cache", upstream={"xet": True}, hub={"xet": "serve"})
+    yield server
+    server.stop()
+
+
+def cas_session(mirror: MirrorThread, repo: str, path: str) -> tuple[str, dict[str, str]]:
+    """The file's Xet hash and the CAS token header, as hf_xet gets them from the mirror."""
+    status, headers, _ = send(mirror.url, "HEAD", f"/{repo}/resolve/main/{path}")
+    assert status == 200, headers
+    token = json.loads(send(mirror.url, "GET", f"/api/models/{repo}/xet-read-token/main")[2])["accessToken"]
+    return headers["X-Xet-Hash"], {"Authorization": f"Bearer {token}"}
+
+
+def chunk_urls(reconstruction: dict[str, Any]) -> list[str]:
+    """One URL per term, in term order (the path and query on the mirror)."""
+    urls = []
+    for term in reconstruction["terms"]:
+        for fetch in reconstruction["fetch_info"][term["hash"]]:
+            if fetch["range"] == term["range"]:
+                parts = urlsplit(fetch["url"])
+                urls.append(f"{parts.path}?{parts.query}")
+    assert len(urls) == len(reconstruction["terms"])
+    return urls
+
+
+def term_bytes(data: bytes, reconstruction: dict[str, Any], index: int) -> bytes:
+    offset = sum(t["unpacked_length"] for t in reconstruction["terms"][:index])
+    return data[offset : offset + reconstruction["terms"][index]["unpacked_length"]]
+
+
+def get_chunks(mirror: MirrorThread, path: str) -> tuple[int, bytes]:
+    """GET a chunk URL: the status and the decoded chunks (status 0 when the answer was cut)."""
+    try:
+        status, _, body = send(mirror.url, "GET", path)
+    except (ConnectionError, http.client.HTTPException):
+        return 0, b""
+    return status, b"".join(decode_range(body)) if status == 200 else body
+
+
+def add_file(hub: HubEmulator, data: bytes) -> list[str]:
+    """A repo with `data` at w.bin; the hashes of its xorbs in file order."""
+    repo = hub.add_repo("model", "org/m", {"w.bin": data}, lfs=["w.bin"])
+    layout = repo.commits[repo.head()].files["w.bin"].xet
+    assert layout is not None
+    xorbs = [term.xorb.hash for term in layout.terms(0, len(data) - 1)[1]]
+    assert len(set(xorbs)) >= 3, "the file should span several xorbs"
+    return xorbs
+
+
+def test_chunks_flow_while_the_fill_runs(hub: HubEmulator, serving: MirrorThread) -> None:
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    xet_hash, auth = cas_session(serving, "org/m", "w.bin")
+    started = time.monotonic()
+    status, _, body = send(serving.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)
+    assert status == 200
+    reconstruction = json.loads(body)
+    urls = chunk_urls(reconstruction)
+    # The first term arrives, whole and right, while the last xorb is still held back upstream.
+    status, chunks = get_chunks(serving, urls[0])
+    assert status == 200 and chunks == term_bytes(data, reconstruction, 0)
+    assert time.monotonic() - started < HELD and serving.fills_in_flight() == 1
+    # The last term waits for its xorb, then comes verified too.
+    status, chunks = get_chunks(serving, urls[-1])
+    assert status == 200 and chunks == term_bytes(data, reconstruction, len(urls) - 1)
+    serving.settle()
+    # Once published, the same URLs read the cached blob.
+    assert serving.call(serving.storage.stat(keys.blob_key(hashlib.sha256(data).hexdigest()))) is not None
+    for index, url in enumerate(urls):
+        assert get_chunks(serving, url) == (200, term_bytes(data, reconstruction, index))
+
+
+def test_a_corrupt_xorb_is_never_served(hub: HubEmulator, serving: MirrorThread) -> None:
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    # Random chunks are stored raw: a flipped byte decodes, and only the xorb's hash can tell.
+    hub.faults.corrupt(path_contains=xorbs[1], origin="cdn", offset=1000, times=None)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    xet_hash, auth = cas_session(serving, "org/m", "w.bin")
+    reconstruction = json.loads(send(serving.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+    urls = chunk_urls(reconstruction)
+    status, chunks = get_chunks(serving, urls[0])
+    assert status == 200 and chunks == term_bytes(data, reconstruction, 0)
+    index = next(i for i, t in enumerate(reconstruction["terms"]) if t["hash"] == xorbs[1])
+    status, answer = get_chunks(serving, urls[index])
+    assert status != 200 and answer != term_bytes(data, reconstruction, index)
+    serving.settle()
+    assert serving.call(serving.storage.stat(keys.blob_key(hashlib.sha256(data).hexdigest()))) is None
+    assert serving.metric("hub_mirror_hash_mismatches_total") >= 1
+
+
+def test_a_partial_xorb_waits_for_the_whole_file(
+    hub: HubEmulator, serving: MirrorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new revision reuses part of the old file's xorbs: on a mirror that never saw the old file,
+    those ranges do not start at their xorb's first chunk, so no hash covers them before the file's."""
+    old = os.urandom(SIZE)
+    repo = hub.add_repo("model", "org/m", {"w.bin": old}, lfs=["w.bin"])
+    new = old[: SIZE // 2] + os.urandom(300_000) + old[SIZE // 2 + 300_000 :]
+    sha = repo.commit({"w.bin": new})
+    layout = repo.commits[sha].files["w.bin"].xet
+    assert layout is not None
+    terms = layout.terms(0, SIZE - 1)[1]
+    partial = next(i for i, t in enumerate(terms) if t.start > 0)
+    hub.faults.delay(HELD, path_contains=terms[-1].xorb.hash, origin="cdn", times=1)
+    monkeypatch.setattr(xetserve, "COLD_WAIT", 1.0)
+    status, headers, _ = send(serving.url, "HEAD", f"/org/m/resolve/{sha}/w.bin")
+    token = json.loads(send(serving.url, "GET", f"/api/models/org/m/xet-read-token/{sha}")[2])["accessToken"]
+    auth = {"Authorization": f"Bearer {token}"}
+    reconstruction = json.loads(send(serving.url, "GET", f"/xet/v1/reconstructions/{headers['X-Xet-Hash']}", auth)[2])
+    urls = chunk_urls(reconstruction)
+    assert [t["range"]["start"] for t in reconstruction["terms"]] == [t.start for t in terms]
+    # While the fill runs, the partial range is not served: 503 and Retry-After, never unverified bytes.
+    status, answer_headers, _ = send(serving.url, "GET", urls[partial])
+    assert status == 503 and answer_headers["Retry-After"]
+    serving.settle()
+    assert get_chunks(serving, urls[partial]) == (200, term_bytes(new, reconstruction, partial))
+
+
+def test_hf_xet_downloads_a_cold_file_while_it_is_filled(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path
+) -> None:
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    env = {**os.environ, "HF_ENDPOINT": serving.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = (
+        "import hashlib, pathlib\n"
+        "from huggingface_hub import hf_hub_download\n"
+        "p = hf_hub_download('org/m', 'w.bin')\n"
+        "print(hashlib.sha256(pathlib.Path(p).read_bytes()).hexdigest())\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # Chunks of the file are answered while its fill still waits for the last xorb.
+        deadline = time.monotonic() + HELD
+        served_early = False
+        while time.monotonic() < deadline and not served_early:
+            served_early = serving.metric("hub_mirror_requests_total", route="xet_chunks") > 0
+            served_early = served_early and serving.fills_in_flight() == 1
+            time.sleep(0.05)
+        out, err = client.communicate(timeout=90)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err.decode()[-2000:]
+    assert out.decode().split()[-1] == hashlib.sha256(data).hexdigest()
+    assert served_early
+    assert any(path.startswith("/xet/chunks/") for _, path in serving.requests)
+
+
+def test_the_chunk_map_tiles_and_merges() -> None:
+    chunks = ChunkMap()
+    assert chunks.add(0, 10) and chunks.add(10, 5) and chunks.add(15, 7)
+    assert not chunks.add(10, 5)  # a resumed range starts with chunks the fill had
+    with pytest.raises(ValueError):
+        chunks.add(30, 1)
+    assert chunks.lengths(0, 22) == [10, 5, 7]
+    assert chunks.lengths(10, 15) == [5]
+    assert chunks.lengths(5, 15) is None and chunks.lengths(0, 12) is None and chunks.lengths(0, 23) is None
+    chunks.verify(10, 15)
+    assert chunks.verified(10, 15) and not chunks.verified(0, 15)
+    chunks.verify(0, 10)
+    chunks.verify(20, 22)
+    assert chunks.verified(0, 15) and chunks.verified(3, 12) and not chunks.verified(0, 22)
+    chunks.verify(15, 20)
+    assert chunks.verified(0, 22)
