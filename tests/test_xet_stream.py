@@ -213,3 +213,23 @@ def test_the_chunk_map_tiles_and_merges() -> None:
     assert chunks.verified(0, 15) and chunks.verified(3, 12) and not chunks.verified(0, 22)
     chunks.verify(15, 20)
     assert chunks.verified(0, 22)
+
+
+def test_another_replica_serves_the_chunks_once_published(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path
+) -> None:
+    """Replicas on one storage: the chunk URLs of a reconstruction answered by one can reach another,
+    which has no fill of the file; it serves them from storage once the filling replica published."""
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    other = start_mirror(hub.url, tmp_path / "cache", upstream={"xet": True}, hub={"xet": "serve"})
+    try:
+        xet_hash, auth = cas_session(serving, "org/m", "w.bin")
+        reconstruction = json.loads(send(serving.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        for index in (0, len(urls) - 1):
+            assert get_chunks(other, urls[index]) == (200, term_bytes(data, reconstruction, index))
+        assert other.fills_started() == 0
+    finally:
+        other.stop()

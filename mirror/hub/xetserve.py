@@ -21,6 +21,7 @@ no terms: its resolve does not advertise Xet, and clients download it over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_TTL = 900  # seconds, like the Hub's CAS tokens; hf_xet refreshes through the xet-auth route
 URL_TTL = 3600
+PUBLISH_POLL = 0.5  # seconds between looks for a blob another replica is filling
 COLD_WAIT = 30.0  # seconds a request waits for a fill's first answer or for verified chunks, before 503
 
 
@@ -187,7 +189,7 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
         raise NotFound("no such chunk range")
     index = int(index_text)
     blob_key = keys.blob_key(etag)
-    for _ in range(2):  # a fill that ends while this request waits leaves the blob to storage
+    for attempt in range(2):  # a fill that ends while this request waits leaves the blob to storage
         recorded = await _recorded(request, etag)
         if recorded is not None and index < len(recorded) and await request.app[STORAGE].stat(blob_key) is not None:
             term = recorded[index]
@@ -204,7 +206,11 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
         if fill is None or plan is None or index >= len(plan):
             if recorded is not None:
                 raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
-            raise NotFound("no such chunk range")
+            # Not published yet, and not filling here: another replica on the same storage may be
+            # filling it (it answered the reconstruction); its blob serves here once published.
+            if attempt == 0 and await _published(request, etag, COLD_WAIT):
+                continue
+            raise NotReady("these chunks are not cached yet: ask again, or ask for a new reconstruction")
         planned = plan[index]
         deadline = time.monotonic() + COLD_WAIT
         while not fill.done and not fill.xet_verified(planned.offset, planned.last):
@@ -222,6 +228,17 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
         body = fill.stream(planned.offset, planned.last, hold_last=False)
         return await _send_chunks(request, etag, body, lengths, "miss")
     raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
+
+
+async def _published(request: web.Request, etag: str, wait: float) -> bool:
+    """Whether the blob and its split record appear in storage within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        if await _recorded(request, etag) is not None and await request.app[STORAGE].stat(keys.blob_key(etag)):
+            return True
+        if time.monotonic() + PUBLISH_POLL > deadline:
+            return False
+        await asyncio.sleep(PUBLISH_POLL)
 
 
 async def _send_chunks(
