@@ -221,7 +221,7 @@ class Metrics:
         )  # fmt: skip
         self.gc_removed = Counter(
             "hub_mirror_gc_removed_total",
-            "Objects garbage collection removed, by kind (blob, staging, lease, purge, access)",
+            "Objects garbage collection removed, by kind (blob, staging, lease, purge, access, xet_record)",
             ["kind"],
             registry=r,
         )

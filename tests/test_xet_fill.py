@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from mirror.cache import keys
-from mirror.hub.appkeys import RECORDS
+from mirror.hub.appkeys import ACCESS, RECORDS
+from mirror.lifecycle.gc import GarbageCollector
 from mirror.repo import RepoRef
 from testbed.hubemu import HubEmulator
 from testbed.mirror_server import MirrorThread
@@ -134,3 +136,34 @@ async def _keys(mirror: MirrorThread, prefix: str) -> list[str]:
 
 def test_index_key_fans_out_by_hash() -> None:
     assert keys.xorb_index_key("ab" * 32) == f"xet/xorbs/ab/{'ab' * 32}.json"
+
+
+def test_gc_forgets_the_xet_records_of_blobs_no_longer_stored(hub: HubEmulator, xet_mirror: MirrorThread) -> None:
+    a, b = os.urandom(SIZE), os.urandom(SIZE)
+    hub.add_repo("model", "org/m", {"a.bin": a, "b.bin": b}, lfs=["a.bin", "b.bin"])
+    for name, data in (("a.bin", a), ("b.bin", b)):
+        assert get(xet_mirror.url, f"/org/m/resolve/main/{name}") == (200, data)
+    xet_mirror.settle()
+    storage = xet_mirror.storage
+    gone, kept = hashlib.sha256(a).hexdigest(), hashlib.sha256(b).hexdigest()
+
+    def index_holders() -> set[str]:
+        async def read() -> set[str]:
+            holders = set()
+            async for key in storage.list(keys.XET_XORBS):
+                record = json.loads(await storage.get_bytes(key) or b"{}")
+                holders |= {h["etag"] for h in record["holders"]}
+            return holders
+
+        return xet_mirror.call(read())
+
+    assert index_holders() == {gone, kept}
+    xet_mirror.call(storage.delete(keys.blob_key(gone)))  # evicted
+    collector = GarbageCollector(storage, xet_mirror.part(ACCESS), grace=0, min_idle=0)
+    report = xet_mirror.call(collector.run(apply=False))
+    assert report.counts["xet_record"] >= 2 and index_holders() == {gone, kept}  # a dry run removes nothing
+    report = xet_mirror.call(collector.run(apply=True))
+    assert report.counts["xet_record"] >= 2 and not report.errors
+    assert index_holders() == {kept}
+    assert xet_mirror.call(storage.stat(keys.xet_terms_key(gone))) is None
+    assert xet_mirror.call(storage.stat(keys.xet_terms_key(kept))) is not None

@@ -113,14 +113,18 @@ def xet_file_key(repo: RepoRef, xet_hash: str) -> str:
     return f"repos/{repo.storage_prefix}/xet/{xet_hash[:2]}/{xet_hash}.json"
 
 
+XET_FILES = "xet/files/"
+XET_XORBS = "xet/xorbs/"
+
+
 def xet_terms_key(etag: str) -> str:
     """How a cached blob splits into Xet chunks of which xorbs (written once the blob was verified)."""
-    return f"xet/files/{etag[:2]}/{etag}.json"
+    return f"{XET_FILES}{etag[:2]}/{etag}.json"
 
 
 def xorb_index_key(xorb: str) -> str:
     """Which cached blobs hold which chunk ranges of a xorb."""
-    return f"xet/xorbs/{xorb[:2]}/{xorb}.json"
+    return f"{XET_XORBS}{xorb[:2]}/{xorb}.json"
 
 
 XET_SECRET = "admin/xet-secret.json"

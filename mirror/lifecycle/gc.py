@@ -2,14 +2,16 @@
 
 Removed: blobs no file entry names (a purged repo's; content is shared, so only once no repo's
 entry names it), staging leftovers and unfinished multipart uploads, fill leases long expired,
-purges that were interrupted (their tombstone says which repo), and access records of blobs no
-longer stored. Anything younger than `grace` is left alone (a fill or a purge may still be
-running), and so is any blob read within `min_idle` or being read here. Every step streams its
-listing; what is kept in memory is the set of referenced blob keys.
+purges that were interrupted (their tombstone says which repo), and access records, Xet split
+records and Xet chunk-index entries of blobs no longer stored. Anything younger than `grace` is
+left alone (a fill or a purge may still be running), and so is any blob read within `min_idle` or
+being read here. Every step streams its listing; what is kept in memory is the set of referenced
+blob keys (and of the blobs kept).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,12 +23,12 @@ from mirror.cache.blobs.access import AccessLog, stored_blobs
 from mirror.errors import StorageError
 from mirror.lifecycle.inventory import read_records, referenced_blobs
 from mirror.metrics import Metrics
-from mirror.repo import API_TYPES, RepoRef
+from mirror.repo import API_TYPES, OID_RE, RepoRef
 from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
-KINDS = ("blob", "staging", "lease", "purge", "access")
+KINDS = ("blob", "staging", "lease", "purge", "access", "xet_record")
 # A fill lease this long past its expiry belongs to no running fill (leases are renewed every third
 # of their TTL while the fill runs).
 LEASE_SLACK = 300.0
@@ -51,7 +53,7 @@ class GcReport:
 
     def summary(self) -> str:
         verb = "removed" if self.apply else "would remove"
-        parts = [f"{self.counts[k]} {k}{'s' if self.counts[k] != 1 else ''}" for k in KINDS if self.counts[k]]
+        parts = [f"{n} {k.replace('_', ' ')}{'s' if n != 1 else ''}" for k in KINDS if (n := self.counts[k])]
         what = ", ".join(parts) if parts else "nothing"
         size = self.sizes["blob"] + self.sizes["staging"]
         return f"{verb} {what} ({size} bytes) after checking {self.blobs_seen} blobs, {self.referenced} referenced"
@@ -77,7 +79,8 @@ class GarbageCollector:
     async def run(self, *, apply: bool, progress: Progress | None = None) -> GcReport:
         report = GcReport(apply=apply)
         await self._purges(report)
-        await self._blobs(report, progress)
+        stored = await self._blobs(report, progress)
+        await self._xet(report, stored)
         await self._staging(report)
         await self._leases(report)
         if apply and self.metrics is not None:
@@ -113,7 +116,8 @@ class GarbageCollector:
             if await self._remove(report, key):
                 report.add("purge")
 
-    async def _blobs(self, report: GcReport, progress: Progress | None) -> None:
+    async def _blobs(self, report: GcReport, progress: Progress | None) -> set[str]:
+        """Remove unreferenced blobs; the blob keys kept."""
         referenced = await referenced_blobs(self.storage)
         report.referenced = len(referenced)
         reads = await self.access.last_reads()
@@ -149,6 +153,41 @@ class GarbageCollector:
                 await self.access.forget(stale_records)
             except StorageError as exc:
                 report.errors.append(f"cannot update the access records: {exc.message}")
+        return stored
+
+    async def _gone(self, etag: str, stored: set[str]) -> bool:
+        """Whether the blob of `etag` is not stored (looked up again: it may have been published since)."""
+        if not OID_RE.fullmatch(etag):
+            return True
+        key = keys.blob_key(etag)
+        return key not in stored and await self.storage.stat(key) is None
+
+    async def _xet(self, report: GcReport, stored: set[str]) -> None:
+        """Xet records of blobs no longer stored: split records older than the grace (a fill writes
+        its record right after publishing), and chunk-index holders (the index is rewritten without
+        them, or removed when none is left)."""
+        cutoff = self.clock() - self.grace
+        async for info in self.storage.list_info(keys.XET_FILES):
+            etag = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if info.mtime <= cutoff and await self._gone(etag, stored) and await self._remove(report, info.key):
+                report.add("xet_record")
+        async for key, record in read_records(self.storage, self.storage.list(keys.XET_XORBS)):
+            holders = record.get("holders")
+            if not isinstance(holders, list):
+                continue
+            kept = [h for h in holders if isinstance(h, dict) and not await self._gone(str(h.get("etag")), stored)]
+            if len(kept) == len(holders):
+                continue
+            if report.apply:
+                try:
+                    if kept:
+                        await self.storage.put_bytes(key, json.dumps({"holders": kept}).encode())
+                    else:
+                        await self.storage.delete(key)
+                except StorageError as exc:
+                    report.errors.append(f"cannot update {key}: {exc.message}")
+                    continue
+            report.add("xet_record")
 
     async def _staging(self, report: GcReport) -> None:
         if not report.apply:
