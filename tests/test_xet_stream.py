@@ -144,7 +144,14 @@ def test_a_partial_xorb_waits_for_the_whole_file(
     those ranges do not start at their xorb's first chunk, so no hash covers them before the file's."""
     old = os.urandom(SIZE)
     repo = hub.add_repo("model", "org/m", {"w.bin": old}, lfs=["w.bin"])
-    new = old[: SIZE // 2] + os.urandom(300_000) + old[SIZE // 2 + 300_000 :]
+    # Change a few chunks in the middle of the old file's third xorb: the new file takes up that
+    # xorb again a few chunks after the change, not at its first chunk.
+    old_layout = repo.commits[repo.head()].files["w.bin"].xet
+    assert old_layout is not None
+    third = old_layout.terms(0, SIZE - 1)[1][2].xorb
+    first, last = third.chunk_starts[0], third.chunk_starts[-1]
+    cut = first + (last - first) // 3
+    new = old[:cut] + os.urandom(100_000) + old[cut + 100_000 :]
     sha = repo.commit({"w.bin": new})
     layout = repo.commits[sha].files["w.bin"].xet
     assert layout is not None

@@ -36,7 +36,18 @@ from mirror.cache.blobs.xetplan import PlannedTerm
 from mirror.cache.metadata.entries import FileEntry
 from mirror.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, NotReady, Unauthorized
 from mirror.hub.api import mirror_origin
-from mirror.hub.appkeys import ACCESS, BLOBS, CONFIG, FILLER, POLICY, RECORDS, STORAGE, XET_SECRET, XET_TOKENS
+from mirror.hub.appkeys import (
+    ACCESS,
+    BLOBS,
+    CONFIG,
+    FILLER,
+    METRICS,
+    POLICY,
+    RECORDS,
+    STORAGE,
+    XET_SECRET,
+    XET_TOKENS,
+)
 from mirror.hub.observe import ROUTE
 from mirror.hub.paths import ApiTarget
 from mirror.hub.ranges import parse_range
@@ -262,10 +273,12 @@ async def _send_chunks(
             await response.write_eof()
             return response
         sent = 0
+        served = request.app[METRICS].bytes_served.labels("cache" if cache == "hit" else "fill")
         try:
             async for piece in _sliced(_framed(raw, lengths), start, end):
                 await response.write(piece)
                 sent += len(piece)
+                served.inc(len(piece))
             if sent != end - start:
                 raise ConnectionResetError(f"chunk range ended after {sent} of {end - start} bytes")
         except Exception as exc:  # after the headers, only a cut tells the client
