@@ -446,7 +446,13 @@ class Upstream:
         query (signed URLs carry credentials there); the caller gets UpstreamUnavailable.
         """
         try:
-            return await (resp.read() if limit is None else resp.content.read(limit + 1))
+            if limit is None:
+                return await resp.read()
+            # StreamReader.read(n) returns what is buffered, up to n: read until the end or past the limit.
+            body = bytearray()
+            while len(body) <= limit and (piece := await resp.content.read(limit + 1 - len(body))):
+                body += piece
+            return bytes(body)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self.record_outcome(False)
             reason = unreachable_reason(exc)

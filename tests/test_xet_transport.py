@@ -7,11 +7,14 @@ expired URL, a gated repo without the Hub token).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from mirror.config import UpstreamConfig
 from mirror.errors import HubError, UpstreamError
@@ -154,3 +157,33 @@ async def test_a_new_revision_reuses_the_chunks_of_the_last(hub: HubEmulator, ca
     old_xorbs = {t.xorb for t in before.terms}
     fresh = sum(t.unpacked_length for t in after.terms if t.xorb not in old_xorbs)
     assert 0 < fresh < 0.2 * len(new)
+
+
+async def test_an_answer_body_arriving_in_pieces_is_read_whole(aiohttp_server: Any) -> None:
+    """Bodies read with a size limit (CAS reconstructions, LFS batch answers) arrive in several
+    network reads when large: every piece up to the limit is read, not only the first."""
+    pieces = [b'{"a": "' + b"x" * 70_000, b"y" * 70_000, b'"}']
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.05)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/answer", slow)
+    server = await aiohttp_server(app)
+    config = UpstreamConfig(url=str(server.make_url("")), breaker_failures=0)
+    session = Upstream.new_session(config)
+    try:
+        upstream = Upstream(config, session, Metrics())
+        async with session.get(server.make_url("/answer")) as resp:
+            body = await upstream.read_answer(resp, "an answer", 1_000_000)
+        assert body == b"".join(pieces)
+        async with session.get(server.make_url("/answer")) as resp:
+            assert len(await upstream.read_answer(resp, "an answer", 100_000)) == 100_001  # past it: refused
+    finally:
+        await session.close()
