@@ -3,5 +3,6 @@
 from .emulator import HubEmulator, RequestRecord
 from .faults import Faults
 from .repos import Repo, git_blob_sha1, sha256_hex
+from .synthetic import Synthetic
 
-__all__ = ["Faults", "HubEmulator", "Repo", "RequestRecord", "git_blob_sha1", "sha256_hex"]
+__all__ = ["Faults", "HubEmulator", "Repo", "RequestRecord", "Synthetic", "git_blob_sha1", "sha256_hex"]

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .faults import Faults
 from .gitserver import GitRepos
-from .repos import REPO_TYPES, Blob, Repo
+from .repos import REPO_TYPES, Blob, Content, Repo
 from .server import HubServer
 from .xet.store import XetStore
 
@@ -149,13 +149,15 @@ class HubEmulator:
         self,
         repo_type: str,
         repo_id: str,
-        files: Mapping[str, bytes],
+        files: Mapping[str, Content],
         *,
         lfs: Iterable[str] | None = None,
         gated: bool | str = False,
         private: bool = False,
         tokens: Iterable[str] = ("hf_good",),
     ) -> Repo:
+        """Add a repo whose first commit holds `files`. A file's content may be a `Synthetic` (an LFS file of any
+        size, generated from a seed); adding it waits for its sha256, so call its `prepare()` early."""
         repo_type = _TYPE_ALIASES[repo_type]
         repo = Repo(
             repo_type,

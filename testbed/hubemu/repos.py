@@ -12,8 +12,14 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from .synthetic import Synthetic
+
 if TYPE_CHECKING:
     from .xet.layout import XetFile
+    from .xet.synthetic import SyntheticLayout
+
+# What a file's content may be given as: its bytes, or a synthetic LFS file generated from a seed.
+Content = bytes | Synthetic
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".parquet")
 REPO_TYPES = ("model", "dataset", "space")
@@ -40,14 +46,18 @@ def iso(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def is_default_lfs(path: str, data: bytes, threshold: int) -> bool:
+def content_size(data: Content) -> int:
+    return data.size if isinstance(data, Synthetic) else len(data)
+
+
+def is_default_lfs(path: str, data: Content, threshold: int) -> bool:
     name = path.rsplit("/", 1)[-1]
-    return len(data) >= threshold or name.endswith(LFS_SUFFIXES) or name == "tokenizer.json"
+    return content_size(data) >= threshold or name.endswith(LFS_SUFFIXES) or name == "tokenizer.json"
 
 
 @dataclass(frozen=True, eq=False)
 class Blob:
-    data: bytes
+    content: Content  # `data` for the bytes; a Synthetic is read through `content.pieces`
     oid: str  # git object sha1 of what git stores: the content, or for LFS files the pointer
     sha256: str | None  # only LFS files carry one (it is their linked ETag)
     pointer: bytes | None  # the git-lfs pointer file
@@ -55,8 +65,18 @@ class Blob:
     xet_base: Blob | None = field(default=None, repr=False)
 
     @classmethod
-    def make(cls, data: bytes, lfs: bool, base: Blob | None = None) -> Blob:
+    def make(cls, data: Content, lfs: bool, base: Blob | None = None) -> Blob:
+        if isinstance(data, Synthetic):
+            if not lfs:
+                raise ValueError(f"{data!r} can only be an LFS file: list its path in `lfs`")
+            # Blocks until the background sha256 is done (Synthetic.prepare starts it early): the pointer,
+            # hence the commit id, contains it. The layout and Xet hash are ready by then too.
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{data.sha256}\nsize {data.size}\n"
+            raw = pointer.encode()
+            return cls(data, git_blob_sha1(raw), data.sha256, raw)
         data = data if isinstance(data, bytes) else bytes(data)
+        if base is not None and isinstance(base.content, Synthetic):
+            base = None  # deduplicating against a synthetic file's chunks would walk all of them
         if not lfs:
             return cls(data, git_blob_sha1(data), None, None)
         digest = sha256_hex(data)
@@ -68,15 +88,24 @@ class Blob:
         return self.sha256 is not None
 
     @property
+    def data(self) -> bytes:
+        """The file's bytes; a synthetic file has none in memory (read it through `content.pieces`)."""
+        if isinstance(self.content, Synthetic):
+            raise TypeError(f"{self.content!r} is not held in memory: read it with Synthetic.read or .pieces")
+        return self.content
+
+    @property
     def size(self) -> int:
-        return len(self.data)
+        return content_size(self.content)
 
     @cached_property
-    def xet(self) -> XetFile | None:
+    def xet(self) -> XetFile | SyntheticLayout | None:
         """The LFS file's Xet layout (chunks, xorbs, file hash), computed on first use and kept: most tests
         never ask, and the CAS, `X-Xet-Hash` and `xetHash` must agree."""
         if self.sha256 is None:
             return None
+        if isinstance(self.content, Synthetic):
+            return self.content.xet
         from .xet.layout import XetFile  # the CAS's libraries load only when a test reaches Xet
 
         return XetFile(self.data, self.xet_base.xet if self.xet_base is not None else None)
@@ -186,7 +215,7 @@ class Repo:
         self,
         repo_type: str,
         repo_id: str,
-        files: Mapping[str, bytes],
+        files: Mapping[str, Content],
         *,
         lfs: Iterable[str] | None,
         gated: bool | str,
@@ -220,7 +249,7 @@ class Repo:
     def api_segment(self) -> str:
         return API_SEGMENT[self.repo_type]
 
-    def _is_lfs(self, path: str, data: bytes) -> bool:
+    def _is_lfs(self, path: str, data: Content) -> bool:
         if self.lfs_paths is not None:
             return path in self.lfs_paths
         return is_default_lfs(path, data, self.lfs_threshold)
@@ -228,7 +257,7 @@ class Repo:
     def _make_commit(
         self,
         parent: Commit | None,
-        changes: Mapping[str, bytes],
+        changes: Mapping[str, Content],
         delete: Iterable[str],
         message: str,
         branch: str,
@@ -238,7 +267,10 @@ class Repo:
             files.pop(path, None)
         for path, data in changes.items():
             path = path.strip("/")
-            files[path] = Blob.make(data, self._is_lfs(path, data), base=files.get(path))
+            lfs = self._is_lfs(path, data)
+            if isinstance(data, Synthetic) and not lfs:
+                raise ValueError(f"{path}: a Synthetic file can only be an LFS file; list it in `lfs`")
+            files[path] = Blob.make(data, lfs, base=files.get(path))
         files = dict(sorted(files.items()))
         dir_oids = _tree_oids(files)
         date = EPOCH + timedelta(minutes=len(self.commits))
@@ -256,12 +288,15 @@ class Repo:
 
     def commit(
         self,
-        files: Mapping[str, bytes],
+        files: Mapping[str, Content],
         message: str = "update",
         delete: Iterable[str] = (),
         branch: str = "main",
     ) -> str:
         """Add a commit on `branch` (created from main's head if new); unchanged files carry over."""
+        for data in files.values():
+            if isinstance(data, Synthetic):
+                data.wait()  # its sha256 can take half a minute: not while holding the lock the server reads under
         with self._lock:
             parent_sha = self.branches.get(branch) or self.branches["main"]
             return self._make_commit(self.commits[parent_sha], files, delete, message, branch)
@@ -289,8 +324,8 @@ class Repo:
     def head(self, branch: str = "main") -> str:
         return self.branches[branch]
 
-    def files(self, sha: str | None = None) -> dict[str, bytes]:
-        return {path: blob.data for path, blob in self.commits[self._target(sha)].files.items()}
+    def files(self, sha: str | None = None) -> dict[str, Content]:
+        return {path: blob.content for path, blob in self.commits[self._target(sha)].files.items()}
 
     def resolve(self, rev: str) -> Commit | None:
         """Map any revision form the Hub accepts (branch, tag, refs/pr/N, full or short sha) to a commit."""

@@ -264,7 +264,7 @@ class HubServer:
             "Content-Disposition": disposition(path),
             "Access-Control-Expose-Headers": EXPOSED,
         }
-        return await send_body(request, blob.data, headers, self.emu.faults, "hub", self.subject("hub", request))
+        return await send_body(request, blob.content, headers, self.emu.faults, "hub", self.subject("hub", request))
 
     def cache_redirect(self, repo: Repo, commit: Commit, rev: str, path: str, blob: Blob) -> web.Response:
         """The Hub's 307 from a branch URL to a commit-pinned, cacheable URL (relative Location)."""
@@ -373,4 +373,4 @@ class HubServer:
             "Content-Disposition": request.query.get("response-content-disposition", "attachment"),
             "Cache-Control": "public, max-age=604800, immutable",
         }
-        return await send_body(request, blob.data, headers, self.emu.faults, "cdn", self.subject("cdn", request))
+        return await send_body(request, blob.content, headers, self.emu.faults, "cdn", self.subject("cdn", request))

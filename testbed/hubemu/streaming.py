@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 from aiohttp import web
 
@@ -16,6 +17,15 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 class RangeNotSatisfiable(Exception):
     pass
+
+
+class RangeSource(Protocol):
+    """A body too large to hold, read in pieces (a `Synthetic` file)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def pieces(self, start: int, end: int) -> Iterator[memoryview]: ...
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -47,14 +57,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 async def send_body(
     request: web.Request,
-    data: bytes,
+    data: bytes | RangeSource,
     headers: Mapping[str, str],
     faults: Faults,
     origin: str,
     subject: str,
 ) -> web.StreamResponse:
     """Answer 200/206/416 for `data`; GET bodies go out in 1 MiB memoryview slices."""
-    size = len(data)
+    size = len(data) if isinstance(data, bytes) else data.size
     try:
         byte_range = parse_range(request.headers.get("Range"), size)
     except RangeNotSatisfiable:
@@ -76,32 +86,46 @@ async def send_body(
         return resp
     plan = faults.body_plan(origin, subject)
     await resp.prepare(request)
-    await _stream(request, resp, memoryview(data)[start : end + 1], start, plan)
+    parts = [memoryview(data)[start : end + 1]] if isinstance(data, bytes) else data.pieces(start, end + 1)
+    await _stream(request, resp, parts, start, end + 1 - start, plan)
     return resp
 
 
-async def _stream(request: web.Request, resp: web.StreamResponse, body: memoryview, start: int, plan: BodyPlan) -> None:
+async def _stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    parts: Iterable[memoryview],
+    start: int,
+    length: int,
+    plan: BodyPlan,
+) -> None:
+    """Write `length` bytes that start at file offset `start`, given as consecutive views, under `plan`."""
     step = CHUNK
     if plan.bytes_per_second:
         step = max(1, min(CHUNK, int(plan.bytes_per_second / 20)))
-    limit = len(body) if plan.drop_after is None else min(len(body), plan.drop_after)
+    limit = length if plan.drop_after is None else min(length, plan.drop_after)
     sent = 0
     try:
-        while sent < limit:
-            if plan.chunk_delay:
-                await asyncio.sleep(plan.chunk_delay)
-            piece: memoryview | bytearray = body[sent : min(sent + step, limit)]
-            for offset in plan.corrupt_offsets:
-                if start + sent <= offset < start + sent + len(piece):
-                    piece = bytearray(piece)  # copy only the one chunk being damaged
-                    piece[offset - start - sent] ^= 0xFF
-            await resp.write(piece)
-            sent += len(piece)
-            if plan.bytes_per_second:
-                await asyncio.sleep(len(piece) / plan.bytes_per_second)
+        for part in parts:
+            used = 0
+            while used < len(part) and sent < limit:
+                if plan.chunk_delay:
+                    await asyncio.sleep(plan.chunk_delay)
+                piece: memoryview | bytearray = part[used : used + min(step, limit - sent)]
+                for offset in plan.corrupt_offsets:
+                    if start + sent <= offset < start + sent + len(piece):
+                        piece = bytearray(piece)  # copy only the one chunk being damaged
+                        piece[offset - start - sent] ^= 0xFF
+                await resp.write(piece)
+                sent += len(piece)
+                used += len(piece)
+                if plan.bytes_per_second:
+                    await asyncio.sleep(len(piece) / plan.bytes_per_second)
+            if sent >= limit:
+                break
     except ConnectionError:
         return  # the client went away; aiohttp would log it as a server error if it escaped
-    if limit < len(body) and request.transport is not None:
+    if limit < length and request.transport is not None:
         # close() (unlike abort()) flushes what was written first, so the client gets exactly
         # `limit` bytes and then EOF before Content-Length is reached.
         request.transport.close()

@@ -17,7 +17,7 @@ from aiohttp import web
 from ..repos import Blob, Repo
 from ..server import cdn_error, token_of
 from ..streaming import send_body
-from .layout import Term
+from .layout import Term, Xorb
 
 if TYPE_CHECKING:
     from ..server import HubServer
@@ -110,21 +110,34 @@ class CasHandlers:
         )
 
     def fetch_info(self, terms: list[Term], name: str) -> dict[str, list[dict[str, Any]]]:
-        info: dict[str, list[dict[str, Any]]] = {}
+        """One entry per run of a xorb's chunks that the terms need, overlapping and adjacent ranges merged
+        (as xet-core's reference server, `compute_reconstruction_ranges`, does): hf_xet matches a term to the
+        first entry whose range reaches its start, so [0, 5) listed before [5, 9) would capture a [5, 9) term."""
+        xorbs: dict[str, Xorb] = {}
+        spans: dict[str, set[tuple[int, int]]] = {}
         for term in terms:
-            self.emu.xet.remember(term.xorb, name)
-            entries = info.setdefault(term.xorb.hash, [])
-            if any(e["range"] == _range(term.start, term.end) for e in entries):
-                continue
-            offsets = term.xorb.offsets
-            first, last = offsets[term.start], offsets[term.end] - 1  # url_range's end is inclusive
-            entries.append(
-                {
-                    "range": _range(term.start, term.end),
-                    "url": self.sign_xorb_url(term.xorb.hash, first, last),
-                    "url_range": _range(first, last),
-                }
-            )
+            xorbs.setdefault(term.xorb.hash, term.xorb)
+            spans.setdefault(term.xorb.hash, set()).add((term.start, term.end))
+        info: dict[str, list[dict[str, Any]]] = {}
+        for digest, xorb in xorbs.items():
+            self.emu.xet.remember(xorb, name)
+            merged: list[list[int]] = []
+            for start, end in sorted(spans[digest]):
+                if merged and start <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            offsets = xorb.offsets
+            entries = info[digest] = []
+            for start, end in merged:
+                first, last = offsets[start], offsets[end] - 1  # url_range's end is inclusive
+                entries.append(
+                    {
+                        "range": _range(start, end),
+                        "url": self.sign_xorb_url(digest, first, last),
+                        "url_range": _range(first, last),
+                    }
+                )
         return info
 
     def sign_xorb_url(self, digest: str, first: int, last: int) -> str:
