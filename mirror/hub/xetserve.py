@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -165,56 +165,108 @@ async def _recorded_terms(request: web.Request, etag: str) -> list[PlannedTerm]:
 def _reconstruction_json(
     request: web.Request, secret: bytes, entry: FileEntry, terms: list[PlannedTerm], span: tuple[int, int]
 ) -> dict[str, Any]:
-    """v1 reconstruction of bytes [start, end) of the file: the terms overlapping them, and our URLs."""
+    """v1 reconstruction of bytes [start, end) of the file: the terms overlapping them, and our URLs.
+
+    Each xorb's chunk ranges are merged where they overlap or touch, as the reference CAS does:
+    hf_xet joins consecutive terms of one xorb into one fetch and looks for one range holding it.
+    A merged range's URL names the terms whose chunks tile it, in order; a range no terms tile
+    exactly is left as one entry per term.
+    """
     start, end = span
     origin = mirror_origin(request)
     expires = int(time.time()) + URL_TTL
     out_terms: list[dict[str, Any]] = []
-    fetch_info: dict[str, list[dict[str, Any]]] = {}
+    used: dict[str, list[int]] = {}
     offset_into_first = 0
     for index, term in enumerate(terms):
         if term.last <= start or term.offset >= end:
             continue
         if not out_terms:
             offset_into_first = start - term.offset
-        chunk_range = {"start": term.start, "end": term.end}
-        out_terms.append({"hash": term.xorb, "unpacked_length": term.length, "range": chunk_range})
-        path = f"/xet/chunks/{entry.etag}/{index}"
+        out_terms.append(
+            {"hash": term.xorb, "unpacked_length": term.length, "range": {"start": term.start, "end": term.end}}
+        )
+        used.setdefault(term.xorb, []).append(index)
+
+    def entry_for(run: list[int]) -> dict[str, Any]:
+        path = f"/xet/chunks/{entry.etag}/{'+'.join(map(str, run))}"
         url = f"{origin}{path}?expires={expires}&sig={tokens.sign_path(secret, path, expires)}"
-        encoded = HEADER_SIZE * (term.end - term.start) + term.length
-        entries = fetch_info.setdefault(term.xorb, [])
-        if not any(e["range"] == chunk_range for e in entries):
-            entries.append({"range": chunk_range, "url": url, "url_range": {"start": 0, "end": encoded - 1}})
+        encoded = sum(HEADER_SIZE * (terms[i].end - terms[i].start) + terms[i].length for i in run)
+        chunk_range = {"start": terms[run[0]].start, "end": terms[run[-1]].end}
+        return {"range": chunk_range, "url": url, "url_range": {"start": 0, "end": encoded - 1}}
+
+    fetch_info: dict[str, list[dict[str, Any]]] = {}
+    for xorb, indexes in used.items():
+        entries = fetch_info[xorb] = []
+        for group in _merged(terms, indexes):
+            run = _tiling(terms, group)
+            for piece in [run] if run is not None else [[i] for i in group]:
+                made = entry_for(piece)
+                if not any(e["range"] == made["range"] for e in entries):
+                    entries.append(made)
     return {"offset_into_first_range": offset_into_first, "terms": out_terms, "fetch_info": fetch_info}
 
 
-async def _chunks(request: web.Request, etag: str, index_text: str) -> web.StreamResponse:
-    """One term's chunks, each behind its 8-byte header (uncompressed): from the cached blob, or,
-    while the file's fill runs, from the fill once the term's bytes are verified."""
+def _merged(terms: list[PlannedTerm], indexes: list[int]) -> list[list[int]]:
+    """The terms of one xorb grouped by merged chunk range (ranges that overlap or touch), by start."""
+    groups: list[list[int]] = []
+    reach = -1
+    for index in sorted(indexes, key=lambda i: (terms[i].start, -terms[i].end)):
+        if groups and terms[index].start <= reach:
+            groups[-1].append(index)
+            reach = max(reach, terms[index].end)
+        else:
+            groups.append([index])
+            reach = terms[index].end
+    return groups
+
+
+def _tiling(terms: list[PlannedTerm], group: list[int]) -> list[int] | None:
+    """Terms of the group whose chunk ranges follow each other exactly over the group's whole range."""
+    last = max(terms[i].end for i in group)
+    pos, run = terms[group[0]].start, []
+    while pos < last:
+        reaching = [i for i in group if terms[i].start == pos]
+        if not reaching:
+            return None  # a range starts inside another: no whole terms tile it
+        best = max(reaching, key=lambda i: terms[i].end)
+        run.append(best)
+        pos = terms[best].end
+    return run
+
+
+MAX_RUN = 4096  # terms one chunk URL may name (a xorb has at most 8192 chunks)
+
+
+async def _chunks(request: web.Request, etag: str, run_text: str) -> web.StreamResponse:
+    """The chunks of a run of terms (indexes joined by "+", as the reconstruction named them), each
+    behind its 8-byte header (uncompressed): from the cached blob, or, while the file's fill runs,
+    from the fill once every byte of the run is verified."""
     secret = await request.app[XET_SECRET].get()
-    path = f"/xet/chunks/{etag}/{index_text}"
+    path = f"/xet/chunks/{etag}/{run_text}"
     query = request.rel_url.query
     if not tokens.path_signed(secret, path, query.get("expires", ""), query.get("sig", "")):
         raise Forbidden("this chunk URL is not signed by this mirror, or has expired: ask for a new reconstruction")
-    if not (index_text.isascii() and index_text.isdigit() and len(index_text) < 9 and OID_RE.fullmatch(etag)):
+    parts = run_text.split("+")
+    valid = len(parts) <= MAX_RUN and all(p.isascii() and p.isdigit() and len(p) < 9 for p in parts)
+    if not valid or not OID_RE.fullmatch(etag):
         raise NotFound("no such chunk range")
-    index = int(index_text)
+    run = [int(p) for p in parts]
     blob_key = keys.blob_key(etag)
     for attempt in range(2):  # a fill that ends while this request waits leaves the blob to storage
         recorded = await _recorded(request, etag)
-        if recorded is not None and index < len(recorded) and await request.app[STORAGE].stat(blob_key) is not None:
-            term = recorded[index]
-            lengths: list[int] = term["lengths"]
-            first, last = term["offset"], term["offset"] + sum(lengths)
+        if recorded is not None and max(run) < len(recorded) and await request.app[STORAGE].stat(blob_key) is not None:
+            spans = [(recorded[i]["offset"], recorded[i]["lengths"]) for i in run]
             release = await request.app[ACCESS].begin_read(blob_key)
             try:
-                body = request.app[STORAGE].read_range(blob_key, first, last)
-                return await _send_chunks(request, etag, body, lengths, "hit")
+                storage = request.app[STORAGE]
+                body = _joined(storage.read_range(blob_key, first, first + sum(lengths)) for first, lengths in spans)
+                return await _send_chunks(request, etag, body, [n for _, lengths in spans for n in lengths], "hit")
             finally:
                 release()
         fill = request.app[FILLER].running(blob_key)
         plan = _plan(fill) if fill is not None else None
-        if fill is None or plan is None or index >= len(plan):
+        if fill is None or plan is None or max(run) >= len(plan):
             if recorded is not None:
                 raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
             # Not published yet, and not filling here: another replica on the same storage may be
@@ -222,9 +274,9 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
             if attempt == 0 and await _published(request, etag, COLD_WAIT):
                 continue
             raise NotReady("these chunks are not cached yet: ask again, or ask for a new reconstruction")
-        planned = plan[index]
+        planned = [plan[i] for i in run]
         deadline = time.monotonic() + COLD_WAIT
-        while not fill.done and not fill.xet_verified(planned.offset, planned.last):
+        while not fill.done and not all(fill.xet_verified(t.offset, t.last) for t in planned):
             if time.monotonic() >= deadline:
                 raise NotReady("these chunks are being fetched from upstream; ask again shortly")
             await fill.wait_progress(deadline - time.monotonic())
@@ -233,12 +285,23 @@ async def _chunks(request: web.Request, etag: str, index_text: str) -> web.Strea
                 raise fill.error
             continue
         assert fill.xet_body is not None
-        lengths = fill.xet_body.chunk_map.lengths(planned.offset, planned.last) or []
-        if len(lengths) != planned.end - planned.start:
-            raise NotReady(f"the upstream's chunks of {etag} do not match its reconstruction yet")
-        body = fill.stream(planned.offset, planned.last, hold_last=False)
+        lengths: list[int] = []
+        for term in planned:
+            found = fill.xet_body.chunk_map.lengths(term.offset, term.last) or []
+            if len(found) != term.end - term.start:
+                raise NotReady(f"the upstream's chunks of {etag} do not match its reconstruction yet")
+            lengths += found
+        body = _joined(fill.stream(t.offset, t.last, hold_last=False) for t in planned)
         return await _send_chunks(request, etag, body, lengths, "miss")
     raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
+
+
+async def _joined(bodies: Iterable[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+    """The bodies one after another, each opened only when the one before it ended."""
+    for body in bodies:
+        async with contextlib.aclosing(body) as pieces:
+            async for piece in pieces:
+                yield piece
 
 
 async def _published(request: web.Request, etag: str, wait: float) -> bool:
@@ -268,9 +331,12 @@ async def _send_chunks(
     if stats is not None:
         stats.cache = cache
     async with contextlib.aclosing(raw):
-        await response.prepare(request)
-        if request.method == "HEAD":
-            await response.write_eof()
+        try:
+            await response.prepare(request)
+            if request.method == "HEAD":
+                await response.write_eof()
+                return response
+        except ConnectionResetError:  # the client left while waiting for its chunks
             return response
         sent = 0
         served = request.app[METRICS].bytes_served.labels("cache" if cache == "hit" else "fill")
@@ -282,12 +348,17 @@ async def _send_chunks(
             if sent != end - start:
                 raise ConnectionResetError(f"chunk range ended after {sent} of {end - start} bytes")
         except Exception as exc:  # after the headers, only a cut tells the client
-            log.warning("cutting Xet chunks of %s: %s", etag, exc)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                log.info("client left during Xet chunks of %s after %d bytes", etag, sent)
+            else:
+                log.warning("cutting Xet chunks of %s: %s", etag, exc)
             cut(request)
             return response
         if stats is not None:
             stats.bytes_sent += sent
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
         return response
 
 
