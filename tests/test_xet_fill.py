@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mirror.hub.appkeys import ACCESS, RECORDS
 from mirror.lifecycle.gc import GarbageCollector
 from mirror.repo import RepoRef
 from testbed.hubemu import HubEmulator
+from testbed.hubemu.xet import format as emu_format
 from testbed.mirror_server import MirrorThread
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
@@ -167,3 +169,45 @@ def test_gc_forgets_the_xet_records_of_blobs_no_longer_stored(hub: HubEmulator, 
     assert index_holders() == {kept}
     assert xet_mirror.call(storage.stat(keys.xet_terms_key(gone))) is None
     assert xet_mirror.call(storage.stat(keys.xet_terms_key(kept))) is not None
+
+
+@pytest.fixture
+def small_xorbs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emu_format, "XORB_MAX_CHUNKS", 16)  # ~1 MiB xorbs: a 4 MiB file spans several
+
+
+def xorb_order(hub: HubEmulator, data: bytes) -> list[str]:
+    repo = hub.add_repo("model", "org/m", {"w.bin": data}, lfs=["w.bin"])
+    layout = repo.commits[repo.head()].files["w.bin"].xet
+    assert layout is not None
+    return [term.xorb.hash for term in layout.terms(0, len(data) - 1)[1]]
+
+
+def test_the_next_xorb_ranges_are_fetched_while_one_is_held_back(
+    hub: HubEmulator, xet_mirror: MirrorThread, small_xorbs: None
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    xorbs = xorb_order(hub, data)
+    assert len(xorbs) >= 4
+    hub.faults.delay(1.0, path_contains=xorbs[0], origin="cdn", times=1)
+    started = time.time()
+    assert get(xet_mirror.url, "/org/m/resolve/main/w.bin") == (200, data)
+    asked = {r.path.split("?")[0].rsplit("/", 1)[-1]: r.time for r in hub.requests if r.path.startswith("/xorbs/")}
+    # The two ranges after the held one were asked for while it was held (three at once), no further one.
+    assert all(asked[x] - started < 0.9 for x in xorbs[1:3]), [asked[x] - started for x in xorbs]
+    assert all(asked[x] - started >= 0.9 for x in xorbs[3:]), [asked[x] - started for x in xorbs]
+
+
+def test_a_range_fetched_ahead_that_breaks_is_fetched_again(
+    hub: HubEmulator, xet_mirror: MirrorThread, small_xorbs: None
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    xorbs = xorb_order(hub, data)
+    # Held back, so that the drop of the range fetched ahead happens while the fill is still on the first.
+    hub.faults.delay(0.5, path_contains=xorbs[0], origin="cdn", times=1)
+    hub.faults.drop_after(100_000, path_contains=xorbs[2], origin="cdn", times=1)
+    assert get(xet_mirror.url, "/org/m/resolve/main/w.bin") == (200, data)
+    fetched = [r.path.split("?")[0].rsplit("/", 1)[-1] for r in hub.requests if r.path.startswith("/xorbs/")]
+    assert fetched.count(xorbs[2]) == 2 and xet_mirror.metric("hub_mirror_hash_mismatches_total") == 0
+    xet_mirror.settle()
+    assert xet_mirror.call(xet_mirror.storage.stat(keys.blob_key(hashlib.sha256(data).hexdigest()))) is not None

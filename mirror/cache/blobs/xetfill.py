@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache import keys
+from mirror.cache.blobs.xetahead import Ahead
 from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
 from mirror.cache.metadata.entries import FileEntry
 from mirror.cache.records import Records
@@ -201,21 +202,14 @@ class XetBody:
                 # The first term's first chunk starts `offset` bytes before the next byte the fill needs.
                 chunk_at = pos - found.offset
                 self._floor = pos
-                for term in found.terms:
-                    term_at = chunk_at
-                    async for data in self._term(found, term, chunk_at):
-                        chunk_at += len(data)
-                        if chunk_at <= pos:
-                            continue  # a resumed range starts inside a chunk the fill had
-                        out = data[len(data) - (chunk_at - pos) :] if chunk_at - len(data) < pos else data
-                        if pos + len(out) > entry.size:
-                            raise XetFormatError("the reconstruction rebuilds more bytes than the file has")
+                ahead = Ahead(self.source.cas, self.chunk_size)
+                try:
+                    async for out in self._terms(found, ahead, chunk_at, pos):
                         pos += len(out)
                         failures = 0
                         yield out
-                    if chunk_at - term_at != term.unpacked_length:
-                        raise XetFormatError(f"a term gave {chunk_at - term_at} bytes, the reconstruction says "
-                                             f"{term.unpacked_length}")  # fmt: skip
+                finally:
+                    await ahead.close()
                 if pos < entry.size:
                     raise XetFormatError(f"the reconstruction ends at byte {pos} of {entry.size}")
             except (XorbUrlRefused, UpstreamUnavailable, XetFormatError, StorageError) as exc:
@@ -227,6 +221,29 @@ class XetBody:
                     ) from exc
                 log.warning("Xet transfer of %s broke at byte %d (%s); resuming", entry.label, pos, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def _terms(self, found: Reconstruction, ahead: Ahead, chunk_at: int, pos: int) -> AsyncIterator[bytes]:
+        """The bytes from `pos` on that the reconstruction's terms rebuild (its first chunk is at `chunk_at`)."""
+        entry = self.entry
+        terms = found.terms
+        for number, term in enumerate(terms):
+            # The next few ranges that must come from upstream start now, while this one is decoded.
+            for later in terms[number : number + 1 + ahead.depth]:
+                if await self.source.index.find(later, frozenset(self._bad_holders)) is None:
+                    ahead.want(found.fetch_for(later))
+            term_at = chunk_at
+            async for data in self._term(found, term, chunk_at, ahead):
+                chunk_at += len(data)
+                if chunk_at <= pos:
+                    continue  # a resumed range starts inside a chunk the fill had
+                out = data[len(data) - (chunk_at - pos) :] if chunk_at - len(data) < pos else data
+                if pos + len(out) > entry.size:
+                    raise XetFormatError("the reconstruction rebuilds more bytes than the file has")
+                pos += len(out)
+                yield out
+            if chunk_at - term_at != term.unpacked_length:
+                raise XetFormatError(f"a term gave {chunk_at - term_at} bytes, the reconstruction says "
+                                     f"{term.unpacked_length}")  # fmt: skip
 
     def _set_plan(self, found: Reconstruction) -> None:
         plan, offset = [], 0
@@ -247,7 +264,7 @@ class XetBody:
         if new:
             self._file_hash.add(digest if digest is not None else chunk_hash(data), len(data))
 
-    async def _term(self, found: Reconstruction, term: Term, at: int) -> AsyncIterator[bytes]:
+    async def _term(self, found: Reconstruction, term: Term, at: int, ahead: Ahead) -> AsyncIterator[bytes]:
         """The term's chunks, one at a time: from a cached blob holding them, else decoded from its xorb range.
 
         `at` is the file offset of the term's first chunk. The term's bytes are marked verified when
@@ -274,7 +291,7 @@ class XetBody:
         # Only a range from the xorb's first chunk can be checked against the xorb's hash.
         xorb = MerkleHasher() if fetch.start == 0 else None
         buffer = bytearray()
-        body = self.source.cas.xorb_range(fetch, chunk_size=self.chunk_size)
+        body = ahead.body(fetch)
         async with contextlib.aclosing(body) as pieces:
             async for piece in pieces:
                 buffer += piece
