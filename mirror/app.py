@@ -45,6 +45,7 @@ from mirror.hub.appkeys import (
     POLICY,
     PURGE,
     RECORDS,
+    REPLICAS,
     RESPONSES,
     REVISIONS,
     SCHEDULER,
@@ -159,6 +160,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     app[POLICY], app[ALLOWLIST] = policy, allowlist
     app[REVISIONS], app[ENTRIES], app[LISTINGS], app[LFS] = revisions, entries, listings, lfs
     app[BLOBS], app[FILLER], app[RESPONSES], app[PURGE] = blobs, filler, responses, purge
+    if replicas is not None:
+        app[REPLICAS] = replicas
     app[SYNC], app[SCHEDULER] = sync, scheduler
     app[ACCESS], app[MAINTENANCE] = reads, maintenance
     app[XET_SECRET] = XetSecret(records, config.hub.xet_secret)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -81,6 +81,18 @@ class Replicas:
             return None
         self._count("streamed")
         return self._body(resp, holder)
+
+    async def forward(self, holder: str, path_qs: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse | None:
+        """GET `path_qs` (a route of the mirror's own, e.g. its Xet CAS) on the replica at `holder`,
+        marked as a peer request; the answer to relay (the caller releases it), or None when the
+        holder cannot be reached."""
+        sent = {PEER_HEADER: "1", "Accept-Encoding": "identity", **headers}
+        try:
+            return await self.session.get(f"{holder}{path_qs}", headers=sent, allow_redirects=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("replica %s cannot be reached (%s): answering here", holder, exc)
+            self._count("unreachable")
+            return None
 
     async def _body(self, resp: aiohttp.ClientResponse, holder: str) -> AsyncIterator[bytes]:
         async with resp:

@@ -29,7 +29,7 @@ from mirror.hub import xetserve
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator
 from testbed.hubemu.xet import format as emu_format
-from testbed.mirror_server import MirrorThread
+from testbed.mirror_server import MirrorThread, free_port
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
 
@@ -240,3 +240,39 @@ def test_another_replica_serves_the_chunks_once_published(
         assert other.fills_started() == 0
     finally:
         other.stop()
+
+
+def test_replicas_with_fill_leases_stream_a_cold_file_from_the_one_filling_it(
+    hub: HubEmulator, tmp_path: Path, small_xorbs: None
+) -> None:
+    """With fill leases (server.advertise_url), a replica that gets a reconstruction or a chunk URL of
+    a file another replica is filling relays that replica's answer: one fill, chunks while it runs."""
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    mirrors = []
+    for _ in range(2):
+        port = free_port()
+        server = {"advertise_url": f"http://127.0.0.1:{port}"}
+        mirrors.append(start_mirror(hub.url, tmp_path / "cache", port, upstream={"xet": True}, hub={"xet": "serve"},
+                                    server=server))  # fmt: skip
+    filling, other = mirrors
+    try:
+        xet_hash, auth = cas_session(filling, "org/m", "w.bin")
+        started = time.monotonic()
+        assert send(filling.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[0] == 200
+        status, _, body = send(other.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)
+        assert status == 200
+        reconstruction = json.loads(body)
+        # Its URLs name the replica the client called, which relays them to the one filling.
+        assert all(f["url"].startswith(other.url) for fs in reconstruction["fetch_info"].values() for f in fs)
+        urls = chunk_urls(reconstruction)
+        assert get_chunks(other, urls[0]) == (200, term_bytes(data, reconstruction, 0))
+        assert time.monotonic() - started < HELD and filling.fills_in_flight() == 1
+        assert get_chunks(other, urls[-1]) == (200, term_bytes(data, reconstruction, len(urls) - 1))
+        assert other.fills_started() == 0 and filling.fills_started() == 1
+        fetched = [r.path.split("?")[0].rsplit("/", 1)[-1] for r in hub.requests if r.path.startswith("/xorbs/")]
+        assert sorted(fetched) == sorted(set(xorbs))  # each xorb once: one fill
+    finally:
+        for mirror in mirrors:
+            mirror.stop()

@@ -26,6 +26,7 @@ from mirror.hub.drain import Drain
 from mirror.lifecycle.maintenance import Maintenance
 from mirror.metrics import Metrics
 from mirror.policy import AllowList, Policy
+from mirror.replicas import Replicas
 from mirror.storage import Storage
 from mirror.sync.jobs import SyncManager
 from mirror.sync.scheduler import Scheduler
@@ -47,6 +48,8 @@ LFS = web.AppKey("lfs", LfsObjects)
 LISTINGS = web.AppKey("listings", Metadata)
 BLOBS = web.AppKey("blobs", Blobs)
 FILLER = web.AppKey("filler", Filler)
+# Set only when replicas share fills (server.advertise_url): the client to the other replicas.
+REPLICAS = web.AppKey("replicas", Replicas)
 RESPONSES = web.AppKey("responses", ResponseCache)
 PURGE = web.AppKey("purge", Purge)
 SYNC = web.AppKey("sync", SyncManager)

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from mirror.cache import keys
@@ -44,6 +45,7 @@ from mirror.hub.appkeys import (
     METRICS,
     POLICY,
     RECORDS,
+    REPLICAS,
     STORAGE,
     XET_SECRET,
     XET_TOKENS,
@@ -53,6 +55,7 @@ from mirror.hub.paths import ApiTarget
 from mirror.hub.ranges import parse_range
 from mirror.hub.resolve import cut
 from mirror.metrics import current_stats
+from mirror.replicas import PEER_HEADER
 from mirror.repo import OID_RE, RepoRef
 from mirror.tokens import bearer_token
 from mirror.xet import tokens
@@ -101,7 +104,7 @@ async def handle_cas(request: web.Request) -> web.StreamResponse:
     raise NotFound(f"no CAS route {request.rel_url.raw_path[:200]}")
 
 
-async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
+async def _reconstruction(request: web.Request, file_hash: str) -> web.StreamResponse:
     secret = await request.app[XET_SECRET].get()
     access = bearer_token(request.headers.get("Authorization")) or ""
     grant = tokens.check(secret, access)
@@ -114,7 +117,10 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     if not isinstance(where, dict) or not all(k in where for k in ("etag", "size", "commit", "path")):
         raise NotFound(f"no file with Xet hash {file_hash} is known in {repo.repo_id}: resolve it first")
     entry = FileEntry(repo, where["commit"], where["path"], where["etag"], where["size"], file_hash)
-    terms, filled = await _terms(request, entry, request.app[XET_TOKENS].get(access))
+    answer = await _terms(request, entry, request.app[XET_TOKENS].get(access))
+    if isinstance(answer, web.StreamResponse):
+        return answer  # the replica filling the file answered
+    terms, filled = answer
     span = parse_range(request.headers.get("Range"), entry.size) or (0, entry.size)
     body = _reconstruction_json(request, secret, entry, terms, span)
     stats = current_stats()
@@ -123,15 +129,31 @@ async def _reconstruction(request: web.Request, file_hash: str) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-async def _terms(request: web.Request, entry: FileEntry, hub_token: str | None) -> tuple[list[PlannedTerm], bool]:
+async def _terms(
+    request: web.Request, entry: FileEntry, hub_token: str | None
+) -> tuple[list[PlannedTerm], bool] | web.StreamResponse:
     """The file's terms, and whether it had to be filled: as recorded for a cached file, else as
     the upstream's CAS gave them to the fill just started (or joined), whose chunks the chunk
-    route then serves as they are verified."""
+    route then serves as they are verified. When another replica holds the file's fill lease,
+    that replica's answer (its fill has the terms, and it serves the chunks while filling)."""
     if await request.app[BLOBS].is_stored(entry):
         return await _recorded_terms(request, entry.etag), False
     # Not cached (never, or evicted since its split was recorded): its chunks come with a fill.
     token = hub_token if hub_token is not None else request.app[CONFIG].upstream.token or None
-    fill = request.app[FILLER].join(entry, token)
+    replicas = request.app.get(REPLICAS)
+    may_proxy = replicas is not None and PEER_HEADER not in request.headers
+    unreachable: frozenset[str] = frozenset()
+    while True:
+        started = await request.app[FILLER].start(entry, token, may_proxy=may_proxy, unreachable=unreachable)
+        if started is None:  # published meanwhile
+            return await _recorded_terms(request, entry.etag), False
+        if isinstance(started, Fill):
+            fill = started
+            break
+        answer = await _forwarded(request, started.url)
+        if answer is not None:
+            return answer
+        unreachable |= {started.url}
     deadline = time.monotonic() + COLD_WAIT
     while not fill.done and _plan(fill) is None and time.monotonic() < deadline:
         await fill.wait_progress(deadline - time.monotonic())
@@ -269,8 +291,13 @@ async def _chunks(request: web.Request, etag: str, run_text: str) -> web.StreamR
         if fill is None or plan is None or max(run) >= len(plan):
             if recorded is not None:
                 raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
-            # Not published yet, and not filling here: another replica on the same storage may be
-            # filling it (it answered the reconstruction); its blob serves here once published.
+            # Not published yet, and not filling here: the replica holding its fill lease serves it
+            # while filling; without one (or unreachable), it serves here once published.
+            holder = await request.app[FILLER].holder(blob_key)
+            if holder is not None and request.app.get(REPLICAS) is not None and PEER_HEADER not in request.headers:
+                answer = await _forwarded(request, holder.url)
+                if answer is not None:
+                    return answer
             if attempt == 0 and await _published(request, etag, COLD_WAIT):
                 continue
             raise NotReady("these chunks are not cached yet: ask again, or ask for a new reconstruction")
@@ -302,6 +329,37 @@ async def _joined(bodies: Iterable[AsyncIterator[bytes]]) -> AsyncIterator[bytes
         async with contextlib.aclosing(body) as pieces:
             async for piece in pieces:
                 yield piece
+
+
+RELAYED = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Cache-Control", "Retry-After",
+           "X-Error-Code", "X-Error-Message")  # fmt: skip
+
+
+async def _forwarded(request: web.Request, holder: str) -> web.StreamResponse | None:
+    """The answer of the replica at `holder` to this same request (it fills the file), relayed; None
+    when it cannot be reached. The Host goes along, so the URLs it answers name what the client
+    called, and the peer header keeps it from forwarding again."""
+    headers = {"Host": request.host}
+    for name in ("Authorization", "Range"):
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    resp = await request.app[REPLICAS].forward(holder, request.rel_url.raw_path_qs, headers)
+    if resp is None:
+        return None
+    async with resp:
+        relayed = {name: resp.headers[name] for name in RELAYED if name in resp.headers}
+        response = web.StreamResponse(status=resp.status, headers=relayed)
+        if resp.content_length is not None:
+            response.content_length = resp.content_length
+        try:
+            await response.prepare(request)
+            async for piece in resp.content.iter_chunked(1024 * 1024):
+                await response.write(piece)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.info("relaying %s from replica %s stopped: %s", request.rel_url.path, holder, exc)
+            cut(request)
+        return response
 
 
 async def _published(request: web.Request, etag: str, wait: float) -> bool:

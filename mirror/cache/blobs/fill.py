@@ -566,6 +566,19 @@ class Filler:
             if key in self._leased and not await self.leases.renew(keys.fill_lease_key(key)):
                 self._leased.discard(key)  # taken over by a replica that could not reach us
 
+    async def holder(self, blob_key: str) -> Lease | None:
+        """The live lease of another replica filling this blob: None when none does, this replica
+        does, leases are off, or the lease store cannot say (the caller then does without)."""
+        if self.leases is None:
+            return None
+        try:
+            lease = await self.leases.read(keys.fill_lease_key(blob_key))
+        except LeaseUnavailable:
+            return None
+        if lease is None or lease.owner == self.leases.owner or lease.expires <= time.time() or not lease.url:
+            return None
+        return lease
+
     def running(self, blob_key: str) -> Fill | None:
         """The fill of this blob running on this replica, if any."""
         return self._fills.get(blob_key)
