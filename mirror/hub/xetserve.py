@@ -427,10 +427,19 @@ async def _framed(raw: AsyncIterator[bytes], lengths: list[int]) -> AsyncIterato
     want = next(pending, None)
     async for piece in raw:
         buffer += piece
-        while want is not None and len(buffer) >= want:
-            yield stored_chunk_header(want) + bytes(buffer[:want])
-            del buffer[:want]
-            want = next(pending, None)
+        # Every whole chunk that arrived, framed, in one piece: one copy, one write.
+        frames: list[bytes | memoryview] = []
+        used = 0
+        with memoryview(buffer) as view:
+            while want is not None and len(buffer) - used >= want:
+                frames += (stored_chunk_header(want), view[used : used + want])
+                used += want
+                want = next(pending, None)
+            out = b"".join(frames) if frames else b""
+            del frames  # the slices of `view` go before it is released
+        del buffer[:used]
+        if out:
+            yield out
     if want is not None or buffer:
         raise ConnectionResetError("the cached file is shorter or longer than its recorded chunks")
 

@@ -47,6 +47,8 @@ from mirror.xetcas import Reconstruction, Term, XetCas, XorbUrlRefused
 
 log = logging.getLogger(__name__)
 
+# Decoded bytes of one network piece below which its chunks are decoded and hashed inline.
+INLINE_DECODE = 128 * 1024
 # Files per xorb the index remembers: a few revisions of a file share a xorb; more adds nothing.
 MAX_HOLDERS = 8
 
@@ -295,31 +297,37 @@ class XetBody:
         async with contextlib.aclosing(body) as pieces:
             async for piece in pieces:
                 buffer += piece
-                used = 0
                 # Whole chunks out of what arrived; a partial one waits for the next piece (memory: one chunk).
-                while len(buffer) - used >= HEADER_SIZE:
-                    header = parse_chunk_header(buffer, used)
-                    end = used + HEADER_SIZE + header.compressed_length
-                    if end > len(buffer):
-                        break
-                    wanted = term.start <= index < term.end
-                    if wanted or xorb is not None:
-                        raw = RawChunk(used, header, bytes(buffer[used + HEADER_SIZE : end]))
-                        # LZ4 and blake3 release the GIL: big chunks go to a worker, small ones inline.
-                        if len(raw.data) > 65536:
-                            data, digest = await asyncio.to_thread(_decode_and_hash, raw)
-                        else:
-                            data, digest = _decode_and_hash(raw)
-                        if xorb is not None:
-                            xorb.add(digest, len(data))
-                        if wanted:
-                            self.source.count("upstream", len(data))
-                            self._chunk(at, data, digest)
-                            at += len(data)
-                            yield data
-                    index += 1
-                    used = end
+                raws, used = [], 0
+                with memoryview(buffer) as view:
+                    while len(buffer) - used >= HEADER_SIZE:
+                        header = parse_chunk_header(buffer, used)
+                        end = used + HEADER_SIZE + header.compressed_length
+                        if end > len(buffer):
+                            break
+                        if xorb is not None or term.start <= index < term.end:
+                            raws.append((index, RawChunk(used, header, bytes(view[used + HEADER_SIZE : end]))))
+                        index += 1
+                        used = end
                 del buffer[:used]
+                if not raws:
+                    continue
+                # LZ4 and blake3 release the GIL: a piece's chunks are decoded and hashed in one worker
+                # hop (one per chunk cost more in hops than the work); a little of them inline.
+                if sum(len(raw.data) for _, raw in raws) > INLINE_DECODE:
+                    decoded = await asyncio.to_thread(_decode_and_hash, raws)
+                else:
+                    decoded = _decode_and_hash(raws)
+                taken = 0
+                for number, data, digest in decoded:
+                    if xorb is not None:
+                        xorb.add(digest, len(data))
+                    if term.start <= number < term.end:
+                        taken += len(data)
+                        self._chunk(at, data, digest)
+                        at += len(data)
+                        yield data
+                self.source.count("upstream", taken)
         if buffer or index != fetch.end:
             raise XetFormatError(f"xorb {fetch.xorb} range holds {index - fetch.start} whole chunks, not "
                                  f"{fetch.end - fetch.start}")  # fmt: skip
@@ -355,9 +363,13 @@ class XetBody:
             log.warning("could not index the Xet chunks of %s: %s", self.entry.label, exc)
 
 
-def _decode_and_hash(raw: RawChunk) -> tuple[bytes, bytes]:
-    data = decode_chunk(raw)
-    return data, chunk_hash(data)
+def _decode_and_hash(raws: list[tuple[int, RawChunk]]) -> list[tuple[int, bytes, bytes]]:
+    """(chunk index, decoded bytes, chunk hash) of each chunk."""
+    out = []
+    for number, raw in raws:
+        data = decode_chunk(raw)
+        out.append((number, data, chunk_hash(data)))
+    return out
 
 
 async def _split(pieces: AsyncIterator[bytes], lengths: tuple[int, ...]) -> AsyncIterator[bytes]:
