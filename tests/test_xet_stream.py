@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import subprocess
@@ -24,10 +25,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from mirror.cache import keys
-from mirror.cache.blobs.xetplan import ChunkMap
+from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
 from mirror.hub import xetserve
 from mirror.xet.format import decode_range
-from testbed.hubemu import HubEmulator
+from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as emu_format
 from testbed.mirror_server import MirrorThread, free_port
 from tests.support.http import send
@@ -276,3 +277,49 @@ def test_replicas_with_fill_leases_stream_a_cold_file_from_the_one_filling_it(
     finally:
         for mirror in mirrors:
             mirror.stop()
+
+
+def test_touching_ranges_of_a_xorb_are_merged_into_runs_of_terms() -> None:
+    """hf_xet joins consecutive terms of a xorb into one fetch: fetch_info must hold one range for it."""
+
+    def term(xorb: str, start: int, end: int) -> PlannedTerm:
+        return PlannedTerm(xorb, start, end, 0, end - start)
+
+    terms = [term("a", 0, 5), term("b", 0, 3), term("a", 5, 9), term("a", 0, 9), term("a", 12, 14), term("c", 2, 6),
+             term("c", 4, 8)]  # fmt: skip
+    groups = xetserve._merged(terms, [i for i, t in enumerate(terms) if t.xorb == "a"])
+    assert groups == [[3, 0, 2], [4]]  # [0, 9) from three terms, [12, 14) apart
+    assert xetserve._tiling(terms, groups[0]) == [3]  # the whole range is one term
+    assert xetserve._tiling(terms, [0, 2]) == [0, 2]
+    # Ranges that overlap without meeting at a term boundary cannot be tiled by whole terms.
+    assert xetserve._merged(terms, [5, 6]) == [[5, 6]] and xetserve._tiling(terms, [5, 6]) is None
+
+
+def test_hf_xet_downloads_a_file_that_repeats_xorbs_through_the_mirror(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path
+) -> None:
+    """A file whose terms take the same xorbs again, whole or by halves (the emulator's synthetic
+    file): the mirror's fetch_info holds one range per run of touching ranges, and hf_xet rebuilds
+    the whole file from the mirror, cold and then warm."""
+    synthetic = Synthetic(80 * 1024 * 1024, seed=5)
+    hub.add_repo("model", "org/m", {"w.bin": synthetic}, lfs=["w.bin"])
+    data = synthetic.read(0, synthetic.size)
+    xet_hash, auth = cas_session(serving, "org/m", "w.bin")
+    reconstruction = json.loads(send(serving.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+    assert len({t["hash"] for t in reconstruction["terms"]}) < len(reconstruction["terms"])  # xorbs repeat
+    for ranges in reconstruction["fetch_info"].values():
+        spans = sorted((r["range"]["start"], r["range"]["end"]) for r in ranges)
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(spans)), spans  # merged: none touch
+    for run in ("cold", "warm"):
+        env = {**os.environ, "HF_ENDPOINT": serving.url, "HF_HOME": str(tmp_path / run)}
+        code = (
+            "import hashlib, pathlib\nfrom huggingface_hub import hf_hub_download\n"
+            "print(hashlib.sha256(pathlib.Path(hf_hub_download('org/m', 'w.bin')).read_bytes()).hexdigest())\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split()[-1] == hashlib.sha256(data).hexdigest()
+        serving.settle()
+    # Merging left fewer ranges to fetch than the terms name (a xorb's halves go with the whole).
+    named = {(t["hash"], t["range"]["start"], t["range"]["end"]) for t in reconstruction["terms"]}
+    assert sum(len(ranges) for ranges in reconstruction["fetch_info"].values()) < len(named)
