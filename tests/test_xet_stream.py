@@ -26,7 +26,7 @@ import pytest
 
 from mirror.cache import keys
 from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
-from mirror.hub import xetserve
+from mirror.hub import xetchunks, xetserve
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as emu_format
@@ -159,7 +159,7 @@ def test_a_partial_xorb_waits_for_the_whole_file(
     terms = layout.terms(0, SIZE - 1)[1]
     partial = next(i for i, t in enumerate(terms) if t.start > 0)
     hub.faults.delay(HELD, path_contains=terms[-1].xorb.hash, origin="cdn", times=1)
-    monkeypatch.setattr(xetserve, "COLD_WAIT", 1.0)
+    monkeypatch.setattr(xetchunks, "COLD_WAIT", 1.0)
     status, headers, _ = send(serving.url, "HEAD", f"/org/m/resolve/{sha}/w.bin")
     token = json.loads(send(serving.url, "GET", f"/api/models/org/m/xet-read-token/{sha}")[2])["accessToken"]
     auth = {"Authorization": f"Bearer {token}"}
