@@ -323,3 +323,31 @@ def test_hf_xet_downloads_a_file_that_repeats_xorbs_through_the_mirror(
     # Merging left fewer ranges to fetch than the terms name (a xorb's halves go with the whole).
     named = {(t["hash"], t["range"]["start"], t["range"]["end"]) for t in reconstruction["terms"]}
     assert sum(len(ranges) for ranges in reconstruction["fetch_info"].values()) < len(named)
+
+
+def test_chunks_stream_while_filling_into_s3(
+    hub: HubEmulator, tmp_path: Path, small_xorbs: None, s3_settings: dict[str, object]
+) -> None:
+    """On S3 a fill's bytes leave the writer's in-memory window (two 5 MiB parts) as parts go up: a
+    term asked for after that, while the fill has long to run, is fetched again over HTTP and sent
+    block by block once each block matches the fill's (the fill's catch-up), never unchecked."""
+    data = os.urandom(48 * 1024 * 1024)
+    add_file(hub, data)
+    hub.faults.throttle(2 * 1024 * 1024, path_contains="/xorbs/", origin="cdn")  # ~8 s with 3 ranges at once
+    mirror = start_mirror(hub.url, tmp_path / "work", upstream={"xet": True}, hub={"xet": "serve"}, storage=s3_settings)
+    try:
+        xet_hash, auth = cas_session(mirror, "org/m", "w.bin")
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        deadline = time.monotonic() + 30
+        while mirror.metric("hub_mirror_xet_fill_bytes_total", source="upstream") < 16 * 1024 * 1024:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert get_chunks(mirror, urls[0]) == (200, term_bytes(data, reconstruction, 0))
+        assert mirror.fills_in_flight() == 1
+        assert mirror.metric("hub_mirror_fill_catch_up_bytes_total") > 0
+        mirror.settle()
+        for index in (0, len(urls) // 2, len(urls) - 1):
+            assert get_chunks(mirror, urls[index]) == (200, term_bytes(data, reconstruction, index))
+    finally:
+        mirror.stop()
