@@ -23,10 +23,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from mirror.cache import keys
 from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
+from mirror.cache.metadata.entries import FileEntry
+from mirror.config import load_config
 from mirror.hub import xetchunks, xetserve
+from mirror.hub.appkeys import CONFIG
+from mirror.repo import RepoRef
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as emu_format
@@ -351,3 +357,22 @@ def test_chunks_stream_while_filling_into_s3(
             assert get_chunks(mirror, urls[index]) == (200, term_bytes(data, reconstruction, index))
     finally:
         mirror.stop()
+
+
+def test_a_long_run_of_terms_is_split_across_urls() -> None:
+    """A xorb taken a chunk at a time by hundreds of terms (another xorb's chunks between them) merges
+    into one range of hundreds of terms; no URL may name more than MAX_RUN of them (request lines
+    are bounded), so the range is listed in pieces that still hold every term."""
+    terms = []
+    for i in range(600):
+        terms.append(PlannedTerm("a" * 64, i, i + 1, 2 * i * 10, 10))
+        terms.append(PlannedTerm("b" * 64, i, i + 1, (2 * i + 1) * 10, 10))
+    app = web.Application()
+    app[CONFIG] = load_config(None, {"server": {"public_url": "http://mirror"}}, environ={})
+    request = make_mocked_request("GET", "/xet/v1/reconstructions/x", app=app)
+    entry = FileEntry(RepoRef("model", "org/m"), "c" * 40, "w.bin", "e" * 64, 12_000, "f" * 64)
+    answer = xetserve._reconstruction_json(request, b"k" * 32, entry, terms, (0, 12_000))
+    for entries in answer["fetch_info"].values():
+        assert all(len(urlsplit(e["url"]).path.rsplit("/", 1)[1].split("+")) <= xetchunks.MAX_RUN for e in entries)
+        spans = sorted((e["range"]["start"], e["range"]["end"]) for e in entries)
+        assert spans[0][0] == 0 and spans[-1][1] == 600 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))

@@ -49,7 +49,7 @@ from mirror.hub.observe import ROUTE
 from mirror.hub.paths import ApiTarget
 from mirror.hub.ranges import parse_range
 from mirror.hub.relay import forwarded
-from mirror.hub.xetchunks import COLD_WAIT, handle_chunks, plan_of, split_terms
+from mirror.hub.xetchunks import COLD_WAIT, MAX_RUN, handle_chunks, plan_of, split_terms
 from mirror.metrics import current_stats
 from mirror.replicas import PEER_HEADER
 from mirror.repo import OID_RE, RepoRef
@@ -206,7 +206,9 @@ def _reconstruction_json(
         entries = fetch_info[xorb] = []
         for group in _merged(terms, indexes):
             run = _tiling(terms, group)
-            for piece in [run] if run is not None else [[i] for i in group]:
+            # A URL names at most MAX_RUN terms (request lines are bounded): longer runs are split.
+            pieces = [run[i : i + MAX_RUN] for i in range(0, len(run), MAX_RUN)] if run else [[i] for i in group]
+            for piece in pieces:
                 made = entry_for(piece)
                 if not any(e["range"] == made["range"] for e in entries):
                     entries.append(made)
