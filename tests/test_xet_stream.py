@@ -31,8 +31,9 @@ from mirror.cache.blobs.xetplan import ChunkMap, PlannedTerm
 from mirror.cache.metadata.entries import FileEntry
 from mirror.config import load_config
 from mirror.hub import xetchunks, xetserve
-from mirror.hub.appkeys import CONFIG
+from mirror.hub.appkeys import CONFIG, XET_SECRET
 from mirror.repo import RepoRef
+from mirror.xet import tokens
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as emu_format
@@ -376,3 +377,52 @@ def test_a_long_run_of_terms_is_split_across_urls() -> None:
         assert all(len(urlsplit(e["url"]).path.rsplit("/", 1)[1].split("+")) <= xetchunks.MAX_RUN for e in entries)
         spans = sorted((e["range"]["start"], e["range"]["end"]) for e in entries)
         assert spans[0][0] == 0 and spans[-1][1] == 600 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_every_kind_of_cas_answer_on_one_keep_alive_connection(
+    hub: HubEmulator, serving: MirrorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole, partial, empty and refused answers of the CAS routes, in turn on one connection, while
+    a fill runs and after: each answer is exactly its own bytes (a stray byte would shift the rest)."""
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(2 * HELD, path_contains=xorbs[-1], origin="cdn", times=1)  # past the 503 below
+    monkeypatch.setattr(xetchunks, "COLD_WAIT", 1.0)
+    xet_hash, auth = cas_session(serving, "org/m", "w.bin")
+    parts = urlsplit(serving.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+    def ask(method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.getheader("Connection", "").lower() != "close", (path, resp.status)
+        if method == "GET" and resp.getheader("Content-Length") is not None:
+            assert len(body) == int(resp.getheader("Content-Length"))
+        return resp.status, body
+
+    try:
+        status, body = ask("GET", f"/xet/v1/reconstructions/{xet_hash}", auth)
+        assert status == 200
+        reconstruction = json.loads(body)
+        urls = chunk_urls(reconstruction)
+        first = term_bytes(data, reconstruction, 0)
+        status, body = ask("GET", urls[0])
+        assert status == 200 and b"".join(decode_range(body)) == first
+        status, body = ask("GET", urls[0], {"Range": "bytes=0-99"})
+        assert status == 206 and len(body) == 100
+        assert ask("HEAD", urls[0]) == (200, b"")
+        assert ask("GET", urls[0].replace("sig=", "sig=0"))[0] == 403
+        secret = serving.call(serving.part(XET_SECRET).get())
+        path, expires = f"/xet/chunks/{hashlib.sha256(data).hexdigest()}/999", int(time.time()) + 60
+        assert ask("GET", f"{path}?expires={expires}&sig={tokens.sign_path(secret, path, expires)}")[0] == 404
+        assert ask("GET", urls[-1])[0] == 503  # its xorb is still held back upstream
+        assert ask("GET", f"/xet/v2/reconstructions/{xet_hash}", auth)[0] == 404
+        assert ask("GET", f"/xet/v1/reconstructions/{xet_hash}", {"Authorization": "Bearer forged"})[0] == 401
+        serving.settle()
+        status, body = ask("GET", urls[-1])
+        assert status == 200 and b"".join(decode_range(body)) == term_bytes(data, reconstruction, len(urls) - 1)
+        status, body = ask("GET", urls[0])
+        assert status == 200 and b"".join(decode_range(body)) == first
+    finally:
+        conn.close()

@@ -88,7 +88,9 @@ async def handle_chunks(request: web.Request, etag: str, run_text: str) -> web.S
                 release()
         fill = request.app[FILLER].running(blob_key)
         plan = plan_of(fill) if fill is not None else None
-        if fill is None or plan is None or max(run) >= len(plan):
+        if plan is not None and max(run) >= len(plan):
+            raise NotFound("no such chunk range")
+        if fill is None or plan is None:
             if recorded is not None:
                 raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
             # Not published yet, and not filling here: the replica holding its fill lease serves it
