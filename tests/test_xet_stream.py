@@ -33,6 +33,7 @@ from mirror.config import load_config
 from mirror.hub import xetchunks, xetserve
 from mirror.hub.appkeys import CONFIG, XET_SECRET
 from mirror.repo import RepoRef
+from mirror.storage.configured import build_storage
 from mirror.xet import tokens
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator, Synthetic
@@ -40,6 +41,7 @@ from testbed.hubemu.xet import format as emu_format
 from testbed.mirror_server import MirrorThread, free_port
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
+from tests.support.storage_faults import FaultyStorage
 
 SIZE = 4 * 1024 * 1024
 HELD = 4.0  # seconds the emulator holds back the last xorb's bytes
@@ -426,3 +428,40 @@ def test_every_kind_of_cas_answer_on_one_keep_alive_connection(
         assert status == 200 and b"".join(decode_range(body)) == first
     finally:
         conn.close()
+
+
+def test_a_disk_that_fills_mid_fill_ends_every_chunk_request(
+    hub: HubEmulator, tmp_path: Path, small_xorbs: None
+) -> None:
+    """Storage failing partway through a cold file's fill: the chunk requests waiting on it get a 503
+    at once (not after their wait), nothing is kept, and the next request fills the file anew."""
+    data = os.urandom(SIZE)
+    add_file(hub, data)
+    overrides = {
+        "upstream": {"url": hub.url, "xet": True, "resume_attempts": 2, "probe_interval": 0},
+        "cache": {"dir": str(tmp_path / "cache"), "storage_timeout": 2},
+        "hub": {"xet": "serve"},
+    }
+    config = load_config(None, overrides, environ={})
+    store = FaultyStorage(build_storage(config))
+    store.faults.slow(0.05)
+    store.faults.fail_after(2 * 1024 * 1024)
+    mirror = MirrorThread(config, storage=store).start()
+    try:
+        xet_hash, auth = cas_session(mirror, "org/m", "w.bin")
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        started = time.monotonic()
+        status, _ = get_chunks(mirror, urls[-1])
+        assert status == 503 and time.monotonic() - started < 15
+        mirror.settle()
+        assert not list((tmp_path / "cache" / "staging").glob("*"))
+        assert mirror.call(mirror.storage.stat(keys.blob_key(hashlib.sha256(data).hexdigest()))) is None
+        store.faults.clear()
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        for index in (0, len(urls) - 1):
+            assert get_chunks(mirror, urls[index]) == (200, term_bytes(data, reconstruction, index))
+    finally:
+        store.faults.clear()
+        mirror.stop()
