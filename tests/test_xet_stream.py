@@ -465,3 +465,39 @@ def test_a_disk_that_fills_mid_fill_ends_every_chunk_request(
     finally:
         store.faults.clear()
         mirror.stop()
+
+
+def test_a_blob_is_never_visible_before_its_terms(hub: HubEmulator, tmp_path: Path, small_xorbs: None) -> None:
+    """Readers that find a blob in storage read its split record next: the fill records the terms
+    before it publishes the blob, so a reconstruction asked in between is answered, never a 404."""
+    data = os.urandom(SIZE)
+    add_file(hub, data)
+    overrides = {
+        "upstream": {"url": hub.url, "xet": True, "probe_interval": 0},
+        "cache": {"dir": str(tmp_path / "cache"), "storage_timeout": 20},
+        "hub": {"xet": "serve"},
+    }
+    config = load_config(None, overrides, environ={})
+    store = FaultyStorage(build_storage(config))
+    store.faults.hang("put_bytes", key_contains="xet/files/")
+    mirror = MirrorThread(config, storage=store).start()
+    blob = keys.blob_key(hashlib.sha256(data).hexdigest())
+    try:
+        xet_hash, auth = cas_session(mirror, "org/m", "w.bin")
+        assert send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[0] == 200
+        deadline = time.monotonic() + 20
+        while mirror.metric("hub_mirror_xet_fill_bytes_total", source="upstream") < len(data):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # every byte is in: the fill now records the terms (held here), then publishes
+        assert mirror.call(mirror.storage.stat(blob)) is None
+        assert send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[0] == 200
+        store.faults.clear()
+        mirror.settle()
+        assert mirror.call(mirror.storage.stat(blob)) is not None
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        assert get_chunks(mirror, urls[-1]) == (200, term_bytes(data, reconstruction, len(urls) - 1))
+    finally:
+        store.faults.clear()
+        mirror.stop()

@@ -152,11 +152,15 @@ class Fill:
                 await self._download(self.writer)
                 self.complete = True
                 self._notify()  # followers may send the last byte while the blob is made durable
+                if self.xet_body is not None:
+                    # Verified: its terms are recorded before the blob becomes visible, so whoever
+                    # finds the blob in storage finds them too (readers check the blob first).
+                    try:
+                        await self._bounded(self.xet_body.remember(), "record the file's Xet terms")
+                    except StorageUnavailable as exc:  # the blob is still worth keeping: HTTP serves it
+                        log.warning("publishing %s without its Xet terms: %s", self.blob_key, exc.message)
                 # A publish moves the whole blob (fsync, or the last parts): allow it more time.
                 await self._bounded(self.writer.commit(), "publish", self.storage_timeout * 5)
-                if self.xet_body is not None:
-                    # Verified and published: its chunks may now serve other files' fills.
-                    await self._bounded(self.xet_body.remember(), "index the file's Xet chunks")
             self.complete = self.verified = True
         except asyncio.CancelledError:
             self.error = StorageError("fill cancelled: the mirror is shutting down")

@@ -8,9 +8,10 @@ file therefore costs about those chunks upstream, in fills and in sync alike.
 
 Verification is the fill's, as for every blob: the bytes are hashed as they go and kept only if
 they are the file's sha256, the last byte held back until then; the chunks must also hash to the
-file's Xet hash. Only after that are the file's chunk ranges added to the index, so the index only
-ever points at bytes of verified files. An index entry whose blob was evicted since is skipped
-(the chunks come from upstream). Before that, each xorb range is checked against its xorb's hash
+file's Xet hash. Only after that are the file's chunk ranges added to the index (just before the
+blob is published), so the index only ever points at bytes of verified files. An index entry
+whose blob is not in storage (not published yet, or failed to, or evicted since) is skipped (the
+chunks come from upstream). Before that, each xorb range is checked against its xorb's hash
 where it can be (cache/blobs/xetplan.py), so clients of the mirror's CAS can have those bytes
 while the fill runs.
 """
@@ -347,7 +348,8 @@ class XetBody:
 
     async def remember(self) -> None:
         """Record the file's terms (for serving it as a CAS) and index its chunks: called once its
-        bytes were verified and published."""
+        bytes were verified, just before the blob is published, so that a reader who finds the blob
+        finds its terms too."""
         spans = self.terms()
         if spans is None:
             log.warning("the chunks of %s do not tile its reconstruction's terms: not indexed", self.entry.label)
