@@ -27,6 +27,7 @@ from testbed.mirror_server import MirrorThread
 from tests.support.client import run_client
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
+from tests.support.tools import run, tool
 
 TOKEN = "hf_good"
 WEIGHTS = os.urandom(3 * 1024 * 1024)
@@ -198,3 +199,24 @@ def test_the_access_log_says_whether_a_reconstruction_needed_a_fill(
     assert [line.split("cache=")[1].split()[0] for line in lines] == ["miss", "hit"]
     assert serving.metric("hub_mirror_cache_lookups_total", kind="metadata", result="miss") >= 1
     assert serving.metric("hub_mirror_requests_total", route="xet_reconstruction") == 2
+
+
+def test_older_clients_and_plain_http_tools_read_what_hf_xet_cached(
+    hub: HubEmulator, serving: MirrorThread, tmp_path: Path, old_python: str
+) -> None:
+    """The same cache, the other way in: after hf_xet filled it through the mirror's CAS, the older
+    huggingface_hub (0.36, without hf_xet: it falls back to HTTP), curl and aria2c (several
+    connections, by Range) get the same bytes, and the upstream sees no request for them."""
+    run_client(serving.url, script("org/m", None), tmp_path / "xet", timeout=90)
+    serving.settle()
+    hub.clear_requests()
+    old = run_client(serving.url, script("org/m", None), tmp_path / "old", python=old_python, timeout=120)
+    assert old["weights"] == sha(WEIGHTS)
+    url = f"{serving.url}/org/m/resolve/main/model.safetensors"
+    fetched = run(tool("curl"), "-fsS", "-o", str(tmp_path / "curl.bin"), url)
+    assert fetched.returncode == 0, fetched.stderr
+    aria = ("--no-conf=true", "-x", "4", "-s", "4", "-k", "1M", "--file-allocation=none", "--max-tries=1")
+    fetched = run(tool("aria2c"), *aria, "-d", str(tmp_path), "-o", "aria.bin", url)
+    assert fetched.returncode == 0, fetched.stdout[-2000:]
+    assert sha((tmp_path / "curl.bin").read_bytes()) == sha((tmp_path / "aria.bin").read_bytes()) == sha(WEIGHTS)
+    assert not [r.path for r in hub.requests if "model.safetensors" in r.path or r.path.startswith("/xorbs/")]
