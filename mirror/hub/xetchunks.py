@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COLD_WAIT = 30.0  # seconds a request waits for a fill's first answer or for verified chunks, before 503
 PUBLISH_POLL = 0.5  # seconds between looks for a blob another replica is filling
+PUBLISH_GRACE = 2.0  # seconds a blob whose split record exists may take to appear (its publish)
 
 
 def plan_of(fill: Fill) -> list[PlannedTerm] | None:
@@ -91,17 +92,20 @@ async def handle_chunks(request: web.Request, etag: str, run_text: str) -> web.S
         if plan is not None and max(run) >= len(plan):
             raise NotFound("no such chunk range")
         if fill is None or plan is None:
-            if recorded is not None:
-                raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
-            # Not published yet, and not filling here: the replica holding its fill lease serves it
-            # while filling; without one (or unreachable), it serves here once published.
+            # Not in storage, and not filling here: the replica holding its fill lease serves it
+            # while filling; without one (or unreachable), it serves here once published. A split
+            # record is written just before its blob is published: with one, the blob is about to
+            # appear (a short wait), or it left the cache.
             holder = await request.app[FILLER].holder(blob_key)
             if holder is not None and request.app.get(REPLICAS) is not None and PEER_HEADER not in request.headers:
                 answer = await forwarded(request, holder.url)
                 if answer is not None:
                     return answer
-            if attempt == 0 and await _published(request, etag, COLD_WAIT):
+            wait = COLD_WAIT if recorded is None else PUBLISH_GRACE
+            if attempt == 0 and await _published(request, etag, wait):
                 continue
+            if recorded is not None:
+                raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
             raise NotReady("these chunks are not cached yet: ask again, or ask for a new reconstruction")
         planned = [plan[i] for i in run]
         deadline = time.monotonic() + COLD_WAIT
