@@ -118,6 +118,13 @@ class Metrics:
             "File downloads the client closed before the end (normal for segmented and cancelled downloads)",
             registry=r,
         )
+        self.xet_xorb_checks = Counter(
+            "hub_mirror_xet_xorb_checks_total",
+            "Xorb ranges a Xet fill fetched, by whether their bytes could be verified on their own against the"
+            " xorb's hash (verified) or wait for the file's sha256 (unverified: part of a xorb, or not matching)",
+            ["result"],
+            registry=r,
+        )
         self.xet_bytes = Counter(
             "hub_mirror_xet_fill_bytes_total",
             "Bytes of files filled from the upstream's Xet CAS, by where they came from: decoded from xorb ranges"

@@ -179,6 +179,8 @@ def test_a_partial_xorb_waits_for_the_whole_file(
     status, answer_headers, _ = send(serving.url, "GET", urls[partial])
     assert status == 503 and answer_headers["Retry-After"]
     serving.settle()
+    assert serving.metric("hub_mirror_xet_xorb_checks_total", result="unverified") >= 1
+    assert serving.metric("hub_mirror_xet_xorb_checks_total", result="verified") >= 1
     assert get_chunks(serving, urls[partial]) == (200, term_bytes(new, reconstruction, partial))
 
 

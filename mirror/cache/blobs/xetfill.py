@@ -146,6 +146,10 @@ class XetSource:
         if self.metrics is not None:
             self.metrics.xet_bytes.labels(source).inc(amount)
 
+    def checked(self, verified: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.xet_xorb_checks.labels("verified" if verified else "unverified").inc()
+
 
 @dataclass
 class XetBody:
@@ -332,7 +336,9 @@ class XetBody:
         if buffer or index != fetch.end:
             raise XetFormatError(f"xorb {fetch.xorb} range holds {index - fetch.start} whole chunks, not "
                                  f"{fetch.end - fetch.start}")  # fmt: skip
-        if xorb is not None and hash_to_str(xorb.root()) == term.xorb.lower():
+        verified = xorb is not None and hash_to_str(xorb.root()) == term.xorb.lower()
+        self.source.checked(verified)
+        if verified:
             self.chunk_map.verify(max(first, self._floor), at)
             self.on_change()
 
