@@ -17,14 +17,17 @@ from pathlib import Path
 import pytest
 
 from mirror.cache import keys
+from mirror.config import load_config
 from mirror.hub.appkeys import ACCESS, RECORDS
 from mirror.lifecycle.gc import GarbageCollector
 from mirror.repo import RepoRef
+from mirror.storage.configured import build_storage
 from testbed.hubemu import HubEmulator
 from testbed.hubemu.xet import format as emu_format
 from testbed.mirror_server import MirrorThread
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
+from tests.support.storage_faults import FaultyStorage
 
 SIZE = 2 * 1024 * 1024
 OLD = os.urandom(SIZE)
@@ -211,3 +214,29 @@ def test_a_range_fetched_ahead_that_breaks_is_fetched_again(
     assert fetched.count(xorbs[2]) == 2 and xet_mirror.metric("hub_mirror_hash_mismatches_total") == 0
     xet_mirror.settle()
     assert xet_mirror.call(xet_mirror.storage.stat(keys.blob_key(hashlib.sha256(data).hexdigest()))) is not None
+
+
+class CountingStorage(FaultyStorage):
+    """Counts the reads of chunk-index records (they are not cached in memory)."""
+
+    index_reads = 0
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        if key.startswith(keys.XET_XORBS):
+            self.index_reads += 1
+        return await super().get_bytes(key)
+
+
+def test_each_term_is_looked_up_in_the_chunk_index_once(hub: HubEmulator, tmp_path: Path, small_xorbs: None) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    terms = len(xorb_order(hub, data))
+    config = load_config(None, {"upstream": {"url": hub.url, "xet": True}, "cache": {"dir": str(tmp_path)}}, environ={})
+    store = CountingStorage(build_storage(config))
+    mirror = MirrorThread(config, storage=store).start()
+    try:
+        assert get(mirror.url, "/org/m/resolve/main/w.bin") == (200, data)
+        mirror.settle()
+        # One look per term while filling, and one per term when the verified file is indexed.
+        assert store.index_reads == 2 * terms, store.index_reads
+    finally:
+        mirror.stop()

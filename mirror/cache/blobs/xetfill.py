@@ -211,7 +211,7 @@ class XetBody:
                 self._floor = pos
                 ahead = Ahead(self.source.cas, self.chunk_size)
                 try:
-                    async for out in self._terms(found, ahead, chunk_at, pos):
+                    async for out in self._rebuilt(found, ahead, chunk_at, pos):
                         pos += len(out)
                         failures = 0
                         yield out
@@ -229,17 +229,23 @@ class XetBody:
                 log.warning("Xet transfer of %s broke at byte %d (%s); resuming", entry.label, pos, exc)
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
-    async def _terms(self, found: Reconstruction, ahead: Ahead, chunk_at: int, pos: int) -> AsyncIterator[bytes]:
+    async def _rebuilt(self, found: Reconstruction, ahead: Ahead, chunk_at: int, pos: int) -> AsyncIterator[bytes]:
         """The bytes from `pos` on that the reconstruction's terms rebuild (its first chunk is at `chunk_at`)."""
         entry = self.entry
         terms = found.terms
+        skip = frozenset(self._bad_holders)
+        # Each term's holder is looked up once (index records are read from storage, uncached), by
+        # the look-ahead below; kept only until the term is rebuilt.
+        holders: dict[int, Held | None] = {}
         for number, term in enumerate(terms):
             # The next few ranges that must come from upstream start now, while this one is decoded.
-            for later in terms[number : number + 1 + ahead.depth]:
-                if await self.source.index.find(later, frozenset(self._bad_holders)) is None:
-                    ahead.want(found.fetch_for(later))
+            for later in range(number, min(len(terms), number + 1 + ahead.depth)):
+                if later not in holders:
+                    holders[later] = await self.source.index.find(terms[later], skip)
+                if holders[later] is None:
+                    ahead.want(found.fetch_for(terms[later]))
             term_at = chunk_at
-            async for data in self._term(found, term, chunk_at, ahead):
+            async for data in self._term(found, term, chunk_at, ahead, holders.pop(number)):
                 chunk_at += len(data)
                 if chunk_at <= pos:
                     continue  # a resumed range starts inside a chunk the fill had
@@ -271,13 +277,15 @@ class XetBody:
         if new:
             self._file_hash.add(digest if digest is not None else chunk_hash(data), len(data))
 
-    async def _term(self, found: Reconstruction, term: Term, at: int, ahead: Ahead) -> AsyncIterator[bytes]:
-        """The term's chunks, one at a time: from a cached blob holding them, else decoded from its xorb range.
+    async def _term(
+        self, found: Reconstruction, term: Term, at: int, ahead: Ahead, held: Held | None
+    ) -> AsyncIterator[bytes]:
+        """The term's chunks, one at a time: from the cached blob holding them (`held`, from the chunk
+        index), else decoded from its xorb range.
 
         `at` is the file offset of the term's first chunk. The term's bytes are marked verified when
         they came from a verified blob, or from a xorb range that hashes to the xorb's hash.
         """
-        held = await self.source.index.find(term, frozenset(self._bad_holders))
         if held is not None and await self.source.storage.stat(held.blob_key) is not None:
             try:
                 async for data in _split(self.source.storage.read_range(held.blob_key, held.first, held.last),
