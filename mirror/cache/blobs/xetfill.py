@@ -32,6 +32,7 @@ from mirror.cache.metadata.entries import FileEntry
 from mirror.cache.records import Records
 from mirror.errors import HubError, IntegrityError, StorageError, UpstreamUnavailable
 from mirror.metrics import Metrics
+from mirror.repo import OID_RE
 from mirror.storage import Storage
 from mirror.xet.format import (
     HEADER_SIZE,
@@ -111,17 +112,15 @@ class ChunkIndex:
 
 def _held(holder: Any, term: Term) -> Held | None:
     """The bytes of the term's chunks in the holder's blob, if it covers them (damaged records: None)."""
-    if not isinstance(holder, dict):
+    span = PlannedTerm.from_record(holder)  # a holder is a span of a split record, plus its etag
+    etag = holder.get("etag") if span is not None else None
+    if span is None or not isinstance(etag, str) or not OID_RE.fullmatch(etag):
         return None
-    etag, start, end, offset, lengths = (holder.get(k) for k in ("etag", "start", "end", "offset", "lengths"))
-    if not isinstance(etag, str) or not all(isinstance(v, int) for v in (start, end, offset)):
+    if not (span.start <= term.start and term.end <= span.end):
         return None
-    if not isinstance(lengths, list) or len(lengths) != end - start or not all(isinstance(n, int) for n in lengths):
-        return None
-    if not (start <= term.start and term.end <= end):
-        return None
-    first = offset + sum(lengths[: term.start - start])
-    part = tuple(lengths[term.start - start : term.end - start])
+    lengths = holder["lengths"]
+    first = span.offset + sum(lengths[: term.start - span.start])
+    part = tuple(lengths[term.start - span.start : term.end - span.start])
     if sum(part) != term.unpacked_length:
         return None
     return Held(keys.blob_key(etag), first, first + sum(part), part)
