@@ -9,6 +9,7 @@ opt-in: GETs of cached LFS files to a presigned URL of the mirror's own object s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 from typing import BinaryIO
@@ -161,7 +162,12 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
         # Opened before the headers go out, so a vanished file is still an error status.
         handle = open(body.path, "rb")  # noqa: SIM115 (closed below, after the headers went out)
     try:
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError as exc:  # the client left before the headers went out
+            log.debug("client left %s before the headers: %s", request.path, exc)
+            request.app[METRICS].client_disconnects.inc()
+            return
         sent = 0
         try:
             if handle is not None:
@@ -192,7 +198,8 @@ async def send_body(request: web.Request, response: web.StreamResponse, body: Bl
             served.inc(sent)
             if stats is not None:
                 stats.bytes_sent += sent
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # every byte went out; the client may be gone
+            await response.write_eof()
     finally:
         if handle is not None:
             handle.close()

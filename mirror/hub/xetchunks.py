@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -23,20 +22,19 @@ from typing import Any
 from aiohttp import web
 
 from mirror.cache import keys
+from mirror.cache.blobs.blobs import BlobBody
 from mirror.cache.blobs.fill import Fill
 from mirror.cache.blobs.xetplan import PlannedTerm
 from mirror.errors import Forbidden, NotFound, NotReady
-from mirror.hub.appkeys import ACCESS, FILLER, METRICS, RECORDS, REPLICAS, STORAGE, XET_SECRET
+from mirror.hub.appkeys import ACCESS, FILLER, RECORDS, REPLICAS, STORAGE, XET_SECRET
 from mirror.hub.ranges import parse_range
 from mirror.hub.relay import forwarded
-from mirror.hub.resolve import cut
+from mirror.hub.resolve import send_body
 from mirror.metrics import current_stats
 from mirror.replicas import PEER_HEADER
 from mirror.repo import OID_RE
 from mirror.xet import tokens
 from mirror.xet.format import HEADER_SIZE, stored_chunk_header
-
-log = logging.getLogger(__name__)
 
 COLD_WAIT = 30.0  # seconds a request waits for a fill's first answer or for verified chunks, before 503
 PUBLISH_POLL = 0.5  # seconds between looks for a blob another replica is filling
@@ -84,7 +82,7 @@ async def handle_chunks(request: web.Request, etag: str, run_text: str) -> web.S
             try:
                 storage = request.app[STORAGE]
                 body = _joined(storage.read_range(blob_key, first, first + sum(lengths)) for first, lengths in spans)
-                return await _send_chunks(request, etag, body, [n for _, lengths in spans for n in lengths], "hit")
+                return await _send_chunks(request, body, [n for _, lengths in spans for n in lengths], "hit")
             finally:
                 release()
         fill = request.app[FILLER].running(blob_key)
@@ -125,7 +123,7 @@ async def handle_chunks(request: web.Request, etag: str, run_text: str) -> web.S
                 raise NotReady(f"the upstream's chunks of {etag} do not match its reconstruction yet")
             lengths += found
         body = _joined(fill.stream(t.offset, t.last, hold_last=False) for t in planned)
-        return await _send_chunks(request, etag, body, lengths, "miss")
+        return await _send_chunks(request, body, lengths, "miss")
     raise NotFound("the file holding these chunks left the cache: ask for a new reconstruction")
 
 
@@ -149,9 +147,9 @@ async def _published(request: web.Request, etag: str, wait: float) -> bool:
 
 
 async def _send_chunks(
-    request: web.Request, etag: str, raw: AsyncIterator[bytes], lengths: list[int], cache: str
+    request: web.Request, raw: AsyncIterator[bytes], lengths: list[int], cache: str
 ) -> web.StreamResponse:
-    """Send the term's bytes (`raw`) as its chunks, or the part of them the request's Range names."""
+    """Send the run's bytes (`raw`) as its chunks, or the part of them the request's Range names."""
     encoded = HEADER_SIZE * len(lengths) + sum(lengths)
     span = parse_range(request.headers.get("Range"), encoded)
     start, end = span if span else (0, encoded)
@@ -164,35 +162,16 @@ async def _send_chunks(
     if stats is not None:
         stats.cache = cache
     async with contextlib.aclosing(raw):
-        try:
-            await response.prepare(request)
-            if request.method == "HEAD":
+        if request.method == "HEAD":
+            with contextlib.suppress(ConnectionResetError):
+                await response.prepare(request)
                 await response.write_eof()
-                return response
-        except ConnectionResetError:  # the client left while waiting for its chunks
             return response
-        sent = 0
-        served = request.app[METRICS].bytes_served.labels("cache" if cache == "hit" else "fill")
-        try:
-            async for piece in _sliced(_framed(raw, lengths), start, end):
-                await response.write(piece)
-                sent += len(piece)
-                served.inc(len(piece))
-            if sent != end - start:
-                raise ConnectionResetError(f"chunk range ended after {sent} of {end - start} bytes")
-        except Exception as exc:  # after the headers, only a cut tells the client
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                log.info("client left during Xet chunks of %s after %d bytes", etag, sent)
-            else:
-                log.warning("cutting Xet chunks of %s: %s", etag, exc)
-            cut(request)
-            return response
-        if stats is not None:
-            stats.bytes_sent += sent
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
-        return response
+        chunks = _sliced(_framed(raw, lengths), start, end)
+        await send_body(
+            request, response, BlobBody(source="cache" if cache == "hit" else "fill", chunks=chunks), start, end
+        )
+    return response
 
 
 async def _framed(raw: AsyncIterator[bytes], lengths: list[int]) -> AsyncIterator[bytes]:
