@@ -19,8 +19,9 @@ from mirror.hub.resolve import cut
 
 log = logging.getLogger(__name__)
 
-RELAYED = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Cache-Control", "Retry-After",
-           "X-Error-Code", "X-Error-Message")  # fmt: skip
+# Content-Length is set from the answer's own, below.
+RELAYED = ("Content-Type", "Content-Range", "Accept-Ranges", "Cache-Control", "Retry-After", "X-Error-Code",
+           "X-Error-Message")  # fmt: skip
 
 
 async def forwarded(request: web.Request, holder: str) -> web.StreamResponse | None:

@@ -204,14 +204,16 @@ def _reconstruction_json(
     fetch_info: dict[str, list[dict[str, Any]]] = {}
     for xorb, indexes in used.items():
         entries = fetch_info[xorb] = []
+        listed: set[tuple[int, int]] = set()  # terms with the same range share an entry
         for group in _merged(terms, indexes):
             run = _tiling(terms, group)
             # A URL names at most MAX_RUN terms (request lines are bounded): longer runs are split.
             pieces = [run[i : i + MAX_RUN] for i in range(0, len(run), MAX_RUN)] if run else [[i] for i in group]
             for piece in pieces:
-                made = entry_for(piece)
-                if not any(e["range"] == made["range"] for e in entries):
-                    entries.append(made)
+                chunk_range = (terms[piece[0]].start, terms[piece[-1]].end)
+                if chunk_range not in listed:
+                    listed.add(chunk_range)
+                    entries.append(entry_for(piece))
     return {"offset_into_first_range": offset_into_first, "terms": out_terms, "fetch_info": fetch_info}
 
 
@@ -231,13 +233,17 @@ def _merged(terms: list[PlannedTerm], indexes: list[int]) -> list[list[int]]:
 
 def _tiling(terms: list[PlannedTerm], group: list[int]) -> list[int] | None:
     """Terms of the group whose chunk ranges follow each other exactly over the group's whole range."""
+    longest: dict[int, int] = {}  # chunk index -> the group's longest term starting there (the first of equals)
+    for i in group:
+        known = longest.get(terms[i].start)
+        if known is None or terms[i].end > terms[known].end:
+            longest[terms[i].start] = i
     last = max(terms[i].end for i in group)
     pos, run = terms[group[0]].start, []
     while pos < last:
-        reaching = [i for i in group if terms[i].start == pos]
-        if not reaching:
+        best = longest.get(pos)
+        if best is None:
             return None  # a range starts inside another: no whole terms tile it
-        best = max(reaching, key=lambda i: terms[i].end)
         run.append(best)
         pos = terms[best].end
     return run
