@@ -185,7 +185,7 @@ def parse_repo_key(key: str) -> tuple[RepoRef, str, list[str]] | None:
 def is_immutable(key: str) -> bool:
     """Records fixed once written: answers and file entries at a commit, LFS objects, Xet splits of blobs."""
     parts = key.split("/")
-    if key.startswith("xet/files/"):
+    if key.startswith(XET_FILES):
         return True
     if parts[0] != "repos":
         return False

@@ -164,8 +164,8 @@ class GarbageCollector:
 
     async def _xet(self, report: GcReport, stored: set[str]) -> None:
         """Xet records of blobs no longer stored: split records older than the grace (a fill writes
-        its record right after publishing), and chunk-index holders (the index is rewritten without
-        them, or removed when none is left)."""
+        its record just before publishing, and one whose publish failed leaves it behind), and
+        chunk-index holders (the index is rewritten without them, or removed when none is left)."""
         cutoff = self.clock() - self.grace
         async for info in self.storage.list_info(keys.XET_FILES):
             etag = info.key.rsplit("/", 1)[-1].removesuffix(".json")
