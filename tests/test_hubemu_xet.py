@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from testbed.hubemu import HubEmulator
 from testbed.hubemu.xet import format as fmt
 from tests.support.client import run_client
+from tests.support.http import send_url
 
 RNG = random.Random(20261201)
 RANDOM = RNG.randbytes(700_000)  # incompressible: chunks stored uncompressed
@@ -25,24 +24,6 @@ FILES = {
     "data/train.parquet": TEXT,
     "config.json": b'{"model_type": "xet"}',
 }
-TIMEOUT = 10
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
-def fetch(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with _opener.open(request, timeout=TIMEOUT) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 @pytest.fixture
@@ -54,7 +35,7 @@ def emu(hub: HubEmulator) -> HubEmulator:
 
 def token_for(emu: HubEmulator, repo: str = "org/xet", hf_token: str | None = None) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {hf_token}"} if hf_token else {}
-    status, _, body = fetch(f"{emu.url}/api/models/{repo}/xet-read-token/main", headers)
+    status, _, body = send_url(f"{emu.url}/api/models/{repo}/xet-read-token/main", headers)
     assert status == 200
     return json.loads(body)
 
@@ -63,7 +44,7 @@ def reconstruct(emu: HubEmulator, file_hash: str, token: str, range_: str | None
     headers = {"Authorization": f"Bearer {token}"}
     if range_:
         headers["Range"] = range_
-    status, _, body = fetch(f"{emu.cdn_url}/v1/reconstructions/{file_hash}", headers)
+    status, _, body = send_url(f"{emu.cdn_url}/v1/reconstructions/{file_hash}", headers)
     return status, body
 
 
@@ -73,7 +54,7 @@ def rebuild(emu: HubEmulator, answer: dict, expected_length: int) -> bytes:
     for term in answer["terms"]:
         info = next(i for i in answer["fetch_info"][term["hash"]] if i["range"] == term["range"])
         first, last = info["url_range"]["start"], info["url_range"]["end"]
-        status, headers, body = fetch(info["url"], {"Range": f"bytes={first}-{last}"})
+        status, headers, body = send_url(info["url"], {"Range": f"bytes={first}-{last}"})
         assert status == 206 and "authorization" not in {k.lower() for k in headers}
         data = b"".join(fmt.decode_chunks(body))
         assert len(data) == term["unpacked_length"]
@@ -160,18 +141,18 @@ def test_chunker_is_the_spec_algorithm() -> None:
 
 
 def test_token_route_and_hash_agreement(emu: HubEmulator) -> None:
-    status, headers, body = fetch(f"{emu.url}/api/models/org/xet/xet-read-token/main")
+    status, headers, body = send_url(f"{emu.url}/api/models/org/xet/xet-read-token/main")
     info = json.loads(body)
     assert status == 200 and set(info) == {"accessToken", "exp", "casUrl"} and info["casUrl"] == emu.cdn_url
     assert (headers["X-Xet-Access-Token"], headers["X-Xet-Token-Expiration"]) == (info["accessToken"], str(info["exp"]))
-    assert fetch(f"{emu.url}/api/models/org/gated/xet-read-token/main")[0] == 401
-    assert fetch(f"{emu.url}/api/models/org/gated/xet-read-token/main", {"Authorization": "Bearer hf_x"})[0] == 403
+    assert send_url(f"{emu.url}/api/models/org/gated/xet-read-token/main")[0] == 401
+    assert send_url(f"{emu.url}/api/models/org/gated/xet-read-token/main", {"Authorization": "Bearer hf_x"})[0] == 403
     assert token_for(emu, "org/gated", "hf_gated")["casUrl"] == emu.cdn_url
 
     expected = xet_hash_of(emu, "weights.safetensors")
-    status, headers, _ = fetch(f"{emu.url}/org/xet/resolve/main/weights.safetensors", method="HEAD")
+    status, headers, _ = send_url(f"{emu.url}/org/xet/resolve/main/weights.safetensors", method="HEAD")
     assert status == 302 and headers["X-Xet-Hash"] == expected and f"/v1/reconstructions/{expected}" in headers["Link"]
-    tree = json.loads(fetch(f"{emu.url}/api/models/org/xet/tree/main?recursive=true")[2])
+    tree = json.loads(send_url(f"{emu.url}/api/models/org/xet/tree/main?recursive=true")[2])
     assert {e["path"]: e.get("xetHash") for e in tree if e["type"] == "file"}["weights.safetensors"] == expected
 
 
@@ -192,7 +173,7 @@ def test_reconstruction_shape_and_xorb_bytes(emu: HubEmulator) -> None:
         answer = json.loads(reconstruct(emu, xet_hash_of(emu, path), token)[1])
         for info in answer["fetch_info"].values():
             url, first = info[0]["url"], info[0]["url_range"]["start"]
-            body = fetch(url, {"Range": f"bytes={first}-{info[0]['url_range']['end']}"})[2]
+            body = send_url(url, {"Range": f"bytes={first}-{info[0]['url_range']['end']}"})[2]
             schemes.add(fmt.ChunkHeader.unpack(body[:8]).scheme)
     assert {fmt.Scheme.LZ4, fmt.Scheme.BG4_LZ4} <= schemes
 
@@ -207,24 +188,24 @@ def test_cas_refusals(emu: HubEmulator) -> None:
     weights = xet_hash_of(emu, "weights.safetensors")
     token = str(token_for(emu)["accessToken"])
     assert reconstruct(emu, weights, token)[0] == 200
-    assert fetch(f"{emu.cdn_url}/v1/reconstructions/{weights}")[0] == 401  # no token
+    assert send_url(f"{emu.cdn_url}/v1/reconstructions/{weights}")[0] == 401  # no token
     assert reconstruct(emu, weights, "hf_good")[0] == 401  # the Hub token is no CAS token
     assert reconstruct(emu, "ab" * 32, token)[0] == 404
     assert reconstruct(emu, "XYZ", token)[0] == 400
     assert reconstruct(emu, weights, token, f"bytes={len(RANDOM)}-{len(RANDOM) + 5}")[0] == 416
-    assert fetch(f"{emu.cdn_url}/v2/reconstructions/{weights}", {"Authorization": f"Bearer {token}"})[0] == 404
+    assert send_url(f"{emu.cdn_url}/v2/reconstructions/{weights}", {"Authorization": f"Bearer {token}"})[0] == 404
     other = str(token_for(emu, "org/gated", "hf_gated")["accessToken"])
     assert reconstruct(emu, weights, other)[0] == 403  # a token reaches only its own repo's files
-    assert fetch(f"{emu.cdn_url}/v1/telemetry", method="POST")[0] == 200
+    assert send_url(f"{emu.cdn_url}/v1/telemetry", method="POST")[0] == 200
 
     info = next(iter(json.loads(reconstruct(emu, weights, token)[1])["fetch_info"].values()))[0]
     signed = f"bytes={info['url_range']['start']}-{info['url_range']['end']}"
-    assert fetch(info["url"], {"Range": signed})[0] == 206
-    assert fetch(info["url"], {"Range": "bytes=0-10"})[0] == 403  # not the signed range
-    assert fetch(info["url"])[0] == 403
-    assert fetch(info["url"].replace("Signature=", "Signature=0"), {"Range": signed})[0] == 403
+    assert send_url(info["url"], {"Range": signed})[0] == 206
+    assert send_url(info["url"], {"Range": "bytes=0-10"})[0] == 403  # not the signed range
+    assert send_url(info["url"])[0] == 403
+    assert send_url(info["url"].replace("Signature=", "Signature=0"), {"Range": signed})[0] == 403
     emu.faults.expire_signed_urls()
-    assert fetch(info["url"], {"Range": signed})[0] == 403
+    assert send_url(info["url"], {"Range": signed})[0] == 403
     emu.faults.expire_cas_tokens()
     assert reconstruct(emu, weights, token)[0] == 401
     assert reconstruct(emu, weights, str(token_for(emu)["accessToken"]))[0] == 200  # a new token works
@@ -236,9 +217,11 @@ def test_xorb_faults_use_the_cdn_body_plan(emu: HubEmulator) -> None:
     info = next(iter(answer["fetch_info"].values()))[0]
     signed = {"Range": f"bytes={info['url_range']['start']}-{info['url_range']['end']}"}
     emu.faults.corrupt("weights.safetensors", times=1, offset=100, origin="cdn")  # matched by the file's name
-    body = fetch(info["url"], signed)[2]
+    body = send_url(info["url"], signed)[2]
     assert b"".join(fmt.decode_chunks(body)) != RANDOM[: len(b"".join(fmt.decode_chunks(body)))]
-    assert b"".join(fmt.decode_chunks(fetch(info["url"], signed)[2])) == RANDOM[: answer["terms"][0]["unpacked_length"]]
+    assert (
+        b"".join(fmt.decode_chunks(send_url(info["url"], signed)[2])) == RANDOM[: answer["terms"][0]["unpacked_length"]]
+    )
 
 
 # -- the real hf_xet client ------------------------------------------------------------------------

@@ -18,8 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -31,33 +29,14 @@ from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as fmt
 from testbed.hubemu.xet.synthetic import SyntheticLayout
 from tests.support.client import PRELUDE
+from tests.support.http import send, send_url
 from tests.support.mirrors import start_mirror
 
 SIZE = 50_100_000_001  # past huggingface_hub's MAX_HTTP_DOWNLOAD_SIZE (50 * 1000**3): Xet only
 SEED = 20261201
 REPO = "org/huge"
 PATH = "huge.safetensors"
-TIMEOUT = 30
 MiB = 1 << 20
-
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_no_redirect = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
-
-
-def fetch(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
-    try:
-        with _no_redirect.open(request, timeout=TIMEOUT) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +169,7 @@ def _rebuild(answer: dict, length: int) -> bytes:
         )
         if info["url"] not in bodies:
             first, last = info["url_range"]["start"], info["url_range"]["end"]
-            status, _, body = fetch(info["url"], {"Range": f"bytes={first}-{last}"})
+            status, _, body = send_url(info["url"], {"Range": f"bytes={first}-{last}"})
             assert status == 206 and len(body) == last - first + 1
             bodies[info["url"]] = (info["range"]["start"], fmt.decode_chunks(body))
         base, chunks = bodies[info["url"]]
@@ -203,61 +182,56 @@ def _rebuild(answer: dict, length: int) -> bytes:
 
 def test_routes_serve_the_large_file(huge_hub: HubEmulator, huge: Synthetic) -> None:
     emu = huge_hub
-    status, headers, _ = fetch(f"{emu.url}/{REPO}/resolve/main/{PATH}", method="HEAD")
+    status, headers, _ = send_url(f"{emu.url}/{REPO}/resolve/main/{PATH}", method="HEAD")
     assert status == 302
     assert headers["X-Linked-Size"] == str(SIZE) and headers["X-Linked-Etag"] == f'"{huge.sha256}"'
     assert headers["X-Xet-Hash"] == huge.xet.hash and f"/v1/reconstructions/{huge.xet.hash}" in headers["Link"]
 
     # The CDN target serves any range of it (a client may not download it whole, but a Range is cheap).
     location = headers["Location"]
-    status, cdn_headers, _ = fetch(location, method="HEAD")
+    status, cdn_headers, _ = send_url(location, method="HEAD")
     assert status == 200 and cdn_headers["Content-Length"] == str(SIZE)
     first = SIZE - 3 * MiB
-    status, cdn_headers, body = fetch(location, {"Range": f"bytes={first}-"})
+    status, cdn_headers, body = send_url(location, {"Range": f"bytes={first}-"})
     assert status == 206 and cdn_headers["Content-Range"] == f"bytes {first}-{SIZE - 1}/{SIZE}"
     assert body == huge.read(first, SIZE)
     emu.faults.corrupt(PATH, times=1, offset=SIZE - 10, origin="cdn")  # faults use absolute offsets here too
-    damaged = fetch(location, {"Range": f"bytes={SIZE - 100}-{SIZE - 1}"})[2]
+    damaged = send_url(location, {"Range": f"bytes={SIZE - 100}-{SIZE - 1}"})[2]
     assert damaged[90] == body[-10] ^ 0xFF and damaged[:90] + damaged[91:] == body[-100:-10] + body[-9:]
 
     # The commit-pinned route serves LFS content too, through the same range reader.
     commit = headers["X-Repo-Commit"]
-    status, _, tail = fetch(f"{emu.url}/api/resolve-cache/models/{REPO}/{commit}/{PATH}", {"Range": "bytes=-1000"})
+    status, _, tail = send_url(f"{emu.url}/api/resolve-cache/models/{REPO}/{commit}/{PATH}", {"Range": "bytes=-1000"})
     assert status == 206 and tail == body[-1000:]
 
-    tree = json.loads(fetch(f"{emu.url}/api/models/{REPO}/tree/main")[2])
+    tree = json.loads(send_url(f"{emu.url}/api/models/{REPO}/tree/main")[2])
     entry = next(e for e in tree if e["path"] == PATH)
     assert entry["size"] == SIZE and entry["lfs"]["oid"] == huge.sha256 and entry["lfs"]["size"] == SIZE
     assert entry["xetHash"] == huge.xet.hash
-    request = urllib.request.Request(
-        f"{emu.url}/api/models/{REPO}/paths-info/main",
-        data=json.dumps({"paths": [PATH]}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with _opener.open(request, timeout=TIMEOUT) as resp:
-        assert json.loads(resp.read())[0]["xetHash"] == huge.xet.hash
+    body = json.dumps({"paths": [PATH]}).encode()
+    answer = send(emu.url, "POST", f"/api/models/{REPO}/paths-info/main", {"Content-Type": "application/json"}, body)
+    assert answer[0] == 200 and json.loads(answer[2])[0]["xetHash"] == huge.xet.hash
 
-    token = json.loads(fetch(f"{emu.url}/api/models/{REPO}/xet-read-token/main")[2])["accessToken"]
+    token = json.loads(send_url(f"{emu.url}/api/models/{REPO}/xet-read-token/main")[2])["accessToken"]
     auth = {"Authorization": f"Bearer {token}"}
     url = f"{emu.cdn_url}/v1/reconstructions/{huge.xet.hash}"
     # Near the end: the last terms, the short last chunk in its own xorb, a start inside a chunk.
     first, last = SIZE - 7_654_321, SIZE + 1000  # a Range past the end is cut to the file
-    status, _, body = fetch(url, {**auth, "Range": f"bytes={first}-{last}"})
+    status, _, body = send_url(url, {**auth, "Range": f"bytes={first}-{last}"})
     answer = json.loads(body)
     assert status == 200 and answer["offset_into_first_range"] > 0 and len(answer["terms"]) >= 2
     assert _rebuild(answer, SIZE - first) == huge.read(first, SIZE)
     middle = 25_000_000_000
-    answer = json.loads(fetch(url, {**auth, "Range": f"bytes={middle}-{middle + 9 * MiB - 1}"})[2])
+    answer = json.loads(send_url(url, {**auth, "Range": f"bytes={middle}-{middle + 9 * MiB - 1}"})[2])
     assert _rebuild(answer, 9 * MiB) == huge.read(middle, middle + 9 * MiB)
 
     # The whole file in one answer: terms that add up, and one merged fetch range per run of a xorb's chunks.
-    answer = json.loads(fetch(url, auth)[2])
+    answer = json.loads(send_url(url, auth)[2])
     assert answer["offset_into_first_range"] == 0 and sum(t["unpacked_length"] for t in answer["terms"]) == SIZE
     for entries in answer["fetch_info"].values():
         spans = sorted((e["range"]["start"], e["range"]["end"]) for e in entries)
         assert all(a[1] < b[0] for a, b in pairwise(spans))
-    assert fetch(url, {**auth, "Range": f"bytes={SIZE}-{SIZE + 5}"})[0] == 416
+    assert send_url(url, {**auth, "Range": f"bytes={SIZE}-{SIZE + 5}"})[0] == 416
 
 
 # -- the real hf_xet client ----------------------------------------------------------------------------------

@@ -22,6 +22,13 @@ def send(
         conn.close()
 
 
+def send_url(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """`send` to an absolute URL (a signed CDN or CAS URL, query included), no redirect followed."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return send(f"{parts.scheme}://{parts.netloc}", method, path, headers)
+
+
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """GET a URL (redirects followed): its status and body, error answers included."""
     req = urllib.request.Request(url, headers=headers or {})
