@@ -14,6 +14,7 @@ import http.client
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from mirror.xet import tokens
 from mirror.xet.format import decode_range
 from testbed.hubemu import HubEmulator, Synthetic
 from testbed.hubemu.xet import format as emu_format
-from testbed.mirror_server import MirrorThread, free_port
+from testbed.mirror_server import MirrorProcess, MirrorThread, free_port
 from tests.support.http import send
 from tests.support.mirrors import start_mirror
 from tests.support.storage_faults import FaultyStorage
@@ -502,4 +503,44 @@ def test_a_blob_is_never_visible_before_its_terms(hub: HubEmulator, tmp_path: Pa
         assert get_chunks(mirror, urls[-1]) == (200, term_bytes(data, reconstruction, len(urls) - 1))
     finally:
         store.faults.clear()
+        mirror.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_signal_mid_xet_fill_leaves_a_sound_cache(
+    hub: HubEmulator, tmp_path: Path, small_xorbs: None, sig: signal.Signals
+) -> None:
+    """A signal while a cold file's chunks stream to a Xet client: after a restart nothing partial is
+    visible (no staging, no blob or the verified one), and the file is served right again, by chunks."""
+    data = os.urandom(3 * SIZE)
+    add_file(hub, data)
+    hub.faults.throttle(1024 * 1024, path_contains="/xorbs/", origin="cdn")  # the fill runs for seconds
+    cache = tmp_path / "cache"
+    env = {"HUB_MIRROR_UPSTREAM_XET": "true", "HUB_MIRROR_HUB_XET": "serve"}
+    args = ("--upstream", hub.url, "--cache-dir", str(cache))
+    mirror = MirrorProcess(*args, env=env).wait_ready()
+    try:
+        xet_hash, auth = cas_session(mirror, "org/m", "w.bin")  # type: ignore[arg-type]
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        assert get_chunks(mirror, chunk_urls(reconstruction)[0])[0] == 200  # type: ignore[arg-type]
+        assert mirror.metric("hub_mirror_fills_in_flight") == 1  # chunks went out; the fill goes on
+        mirror.proc.send_signal(sig)
+        mirror.proc.wait(30)
+    finally:
+        if mirror.proc.poll() is None:
+            mirror.kill()
+        hub.faults.clear()
+    restarted = time.time()
+    mirror = MirrorProcess(*args, env=env).wait_ready()
+    try:
+        staging = cache / "staging"
+        assert not [p for p in staging.glob("*") if p.stat().st_mtime < restarted]
+        blob = cache / "objects" / keys.blob_key(hashlib.sha256(data).hexdigest())
+        assert not blob.exists() or blob.read_bytes() == data
+        xet_hash, auth = cas_session(mirror, "org/m", "w.bin")  # type: ignore[arg-type]
+        reconstruction = json.loads(send(mirror.url, "GET", f"/xet/v1/reconstructions/{xet_hash}", auth)[2])
+        urls = chunk_urls(reconstruction)
+        rebuilt = b"".join(get_chunks(mirror, url)[1] for url in urls)  # type: ignore[arg-type]
+        assert rebuilt == data
+    finally:
         mirror.stop()
