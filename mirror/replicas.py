@@ -82,13 +82,15 @@ class Replicas:
         self._count("streamed")
         return self._body(resp, holder)
 
-    async def forward(self, holder: str, path_qs: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse | None:
-        """GET `path_qs` (a route of the mirror's own, e.g. its Xet CAS) on the replica at `holder`,
-        marked as a peer request; the answer to relay (the caller releases it), or None when the
-        holder cannot be reached."""
+    async def forward(
+        self, holder: str, method: str, path_qs: str, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse | None:
+        """`method` (GET or HEAD) `path_qs` (a route of the mirror's own, e.g. its Xet CAS) on the
+        replica at `holder`, marked as a peer request; the answer to relay (the caller releases it),
+        or None when the holder cannot be reached."""
         sent = {PEER_HEADER: "1", "Accept-Encoding": "identity", **headers}
         try:
-            return await self.session.get(f"{holder}{path_qs}", headers=sent, allow_redirects=False)
+            return await self.session.request(method, f"{holder}{path_qs}", headers=sent, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("replica %s cannot be reached (%s): answering here", holder, exc)
             self._count("unreachable")

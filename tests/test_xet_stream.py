@@ -291,6 +291,41 @@ def test_replicas_with_fill_leases_stream_a_cold_file_from_the_one_filling_it(
             mirror.stop()
 
 
+def test_relayed_head_requests_carry_no_body_on_a_kept_alive_connection(
+    hub: HubEmulator, tmp_path: Path, small_xorbs: None
+) -> None:
+    """HEAD of a reconstruction and of a chunk URL, on a replica that relays them to the one filling
+    the file: headers only, so the GET after each on the same connection is answered right."""
+    data = os.urandom(SIZE)
+    xorbs = add_file(hub, data)
+    hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
+    mirrors = []
+    for _ in range(2):
+        port = free_port()
+        server = {"advertise_url": f"http://127.0.0.1:{port}"}
+        mirrors.append(start_mirror(hub.url, tmp_path / "cache", port, upstream={"xet": True}, hub={"xet": "serve"},
+                                    server=server))  # fmt: skip
+    filling, other = mirrors
+    conn = connect(other.url)
+    try:
+        xet_hash, auth = cas_session(filling, "org/m", "w.bin")
+        path = f"/xet/v1/reconstructions/{xet_hash}"
+        assert send(filling.url, "GET", path, auth)[0] == 200
+        assert ask_on(conn, "HEAD", path, auth) == (200, b"")
+        status, body = ask_on(conn, "GET", path, auth)
+        assert status == 200
+        reconstruction = json.loads(body)
+        first = chunk_urls(reconstruction)[0]
+        assert ask_on(conn, "HEAD", first) == (200, b"")
+        status, body = ask_on(conn, "GET", first)
+        assert status == 200 and b"".join(decode_range(body)) == term_bytes(data, reconstruction, 0)
+        assert other.fills_started() == 0 and filling.fills_in_flight() == 1  # relayed while it fills
+    finally:
+        conn.close()
+        for mirror in mirrors:
+            mirror.stop()
+
+
 def test_touching_ranges_of_a_xorb_are_merged_into_runs_of_terms() -> None:
     """hf_xet joins consecutive terms of a xorb into one fetch: fetch_info must hold one range for it."""
 
@@ -384,6 +419,25 @@ def test_a_long_run_of_terms_is_split_across_urls() -> None:
         assert spans[0][0] == 0 and spans[-1][1] == 600 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
 
 
+def connect(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+
+def ask_on(
+    conn: http.client.HTTPConnection, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One request on a kept-alive connection: a body longer or shorter than announced (or one
+    sent after a HEAD) shows up as a wrong answer to the next request on it."""
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.getheader("Connection", "").lower() != "close", (path, resp.status)
+    if method == "GET" and resp.getheader("Content-Length") is not None:
+        assert len(body) == int(resp.getheader("Content-Length"))
+    return resp.status, body
+
+
 def test_every_kind_of_cas_answer_on_one_keep_alive_connection(
     hub: HubEmulator, serving: MirrorThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -394,17 +448,10 @@ def test_every_kind_of_cas_answer_on_one_keep_alive_connection(
     hub.faults.delay(2 * HELD, path_contains=xorbs[-1], origin="cdn", times=1)  # past the 503 below
     monkeypatch.setattr(xetchunks, "COLD_WAIT", 1.0)
     xet_hash, auth = cas_session(serving, "org/m", "w.bin")
-    parts = urlsplit(serving.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = connect(serving.url)
 
     def ask(method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-        assert resp.getheader("Connection", "").lower() != "close", (path, resp.status)
-        if method == "GET" and resp.getheader("Content-Length") is not None:
-            assert len(body) == int(resp.getheader("Content-Length"))
-        return resp.status, body
+        return ask_on(conn, method, path, headers)
 
     try:
         status, body = ask("GET", f"/xet/v1/reconstructions/{xet_hash}", auth)

@@ -32,7 +32,8 @@ async def forwarded(request: web.Request, holder: str) -> web.StreamResponse | N
     for name in ("Authorization", "Range"):
         if name in request.headers:
             headers[name] = request.headers[name]
-    resp = await request.app[REPLICAS].forward(holder, request.rel_url.raw_path_qs, headers)
+    # The same method: a HEAD relayed as a GET would put the holder's body on the client's connection.
+    resp = await request.app[REPLICAS].forward(holder, request.method, request.rel_url.raw_path_qs, headers)
     if resp is None:
         return None
     async with resp:
