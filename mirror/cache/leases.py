@@ -85,11 +85,17 @@ class Leases:
         replica holds. Raises LeaseUnavailable when the lease store cannot say."""
         if await _bounded(self.storage.create_exclusive(key, self._record()), "create a lease"):
             return None
-        current = await self.read(key)
-        if current is not None and current.owner != self.owner and current.expires > time.time():
+        current = self.elsewhere(await self.read(key))
+        if current is not None:
             return current
         await self.take(key)  # expired, damaged, or ours already
         return None
+
+    def elsewhere(self, lease: Lease | None) -> Lease | None:
+        """`lease` if another replica holds it and it has not expired, else None."""
+        if lease is None or lease.owner == self.owner or lease.expires <= time.time():
+            return None
+        return lease
 
     async def take(self, key: str) -> None:
         """Hold the lease whoever held it (its holder is gone or cannot be reached)."""

@@ -504,10 +504,8 @@ class Filler:
     async def _settle_takeover(self, lease_key: str, unreachable: frozenset[str]) -> Lease | None:
         """After taking a lease over: the replica whose takeover won, if not this one."""
         assert self.leases is not None
-        current = await self.leases.settle(lease_key)
-        if current is None or current.owner == self.leases.owner or current.url in unreachable:
-            return None
-        return current if current.expires > time.time() else None
+        current = self.leases.elsewhere(await self.leases.settle(lease_key))
+        return None if current is None or current.url in unreachable else current
 
     def join(self, entry: Fetchable, token: str | None, throttle: Throttle | None = None) -> Fill:
         """The fill of this blob, started if none runs; `throttle` caps a new fill's bandwidth."""
@@ -576,12 +574,10 @@ class Filler:
         if self.leases is None:
             return None
         try:
-            lease = await self.leases.read(keys.fill_lease_key(blob_key))
+            lease = self.leases.elsewhere(await self.leases.read(keys.fill_lease_key(blob_key)))
         except LeaseUnavailable:
             return None
-        if lease is None or lease.owner == self.leases.owner or lease.expires <= time.time() or not lease.url:
-            return None
-        return lease
+        return lease if lease is not None and lease.url else None
 
     def running(self, blob_key: str) -> Fill | None:
         """The fill of this blob running on this replica, if any."""
