@@ -255,6 +255,16 @@ def test_another_replica_serves_the_chunks_once_published(
         other.stop()
 
 
+def leased_replicas(hub: HubEmulator, cache: Path) -> list[MirrorThread]:
+    """Two replicas serving Xet on one cache, with fill leases (server.advertise_url)."""
+    mirrors = []
+    for _ in range(2):
+        port = free_port()
+        server = {"advertise_url": f"http://127.0.0.1:{port}"}
+        mirrors.append(start_mirror(hub.url, cache, port, upstream={"xet": True}, hub={"xet": "serve"}, server=server))
+    return mirrors
+
+
 def test_replicas_with_fill_leases_stream_a_cold_file_from_the_one_filling_it(
     hub: HubEmulator, tmp_path: Path, small_xorbs: None
 ) -> None:
@@ -263,12 +273,7 @@ def test_replicas_with_fill_leases_stream_a_cold_file_from_the_one_filling_it(
     data = os.urandom(SIZE)
     xorbs = add_file(hub, data)
     hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
-    mirrors = []
-    for _ in range(2):
-        port = free_port()
-        server = {"advertise_url": f"http://127.0.0.1:{port}"}
-        mirrors.append(start_mirror(hub.url, tmp_path / "cache", port, upstream={"xet": True}, hub={"xet": "serve"},
-                                    server=server))  # fmt: skip
+    mirrors = leased_replicas(hub, tmp_path / "cache")
     filling, other = mirrors
     try:
         xet_hash, auth = cas_session(filling, "org/m", "w.bin")
@@ -299,12 +304,7 @@ def test_relayed_head_requests_carry_no_body_on_a_kept_alive_connection(
     data = os.urandom(SIZE)
     xorbs = add_file(hub, data)
     hub.faults.delay(HELD, path_contains=xorbs[-1], origin="cdn", times=1)
-    mirrors = []
-    for _ in range(2):
-        port = free_port()
-        server = {"advertise_url": f"http://127.0.0.1:{port}"}
-        mirrors.append(start_mirror(hub.url, tmp_path / "cache", port, upstream={"xet": True}, hub={"xet": "serve"},
-                                    server=server))  # fmt: skip
+    mirrors = leased_replicas(hub, tmp_path / "cache")
     filling, other = mirrors
     conn = connect(other.url)
     try:
